@@ -1,0 +1,304 @@
+// CUDA kernels of the minibatch-stddev ops; math and notation of ganops/reference/minibatch_stddev.py.
+//
+// Each thread owns whole positions: it loops over the G members of a position itself, so the mean and
+// variance over the group are exact two-pass values (the second pass re-reads from L1/L2). The statistic
+// of the forward and the t of the double backward are means over all K positions of a (m, f) pair, so
+// those kernels run one block per pair and finish with a block reduction, after which the same block
+// writes the pair's statistic channels. The backward needs no reduction over positions and runs on a
+// grid over all positions, after a small kernel that sums grad_out's statistic channels per pair.
+// All reductions have a fixed order, so results are deterministic.
+#include "minibatch_stddev.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace ganops {
+namespace cuda_kernels {
+namespace {
+
+// block_sum assumes every block has exactly this many threads.
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Grid-stride loops cover anything larger; more blocks than this brings nothing on current GPUs.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+constexpr int64_t kMaxGridX = 2147483647;
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_type<T> v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// The sum of v over the block, returned to every thread.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_sums[kWarps];
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // A previous call's readers of warp_sums[0] must be done before it is overwritten.
+  __syncthreads();
+  if (lane == 0) {
+    warp_sums[warp] = v;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kWarps ? warp_sums[lane] : acc_t(0);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    if (lane == 0) {
+      warp_sums[0] = v;
+    }
+  }
+  __syncthreads();
+  return warp_sums[0];
+}
+
+// Offsets, member g = 0, of position p of pair (m, f) in every operand of the walk.
+template <std::size_t Ops>
+__device__ __forceinline__ void position_offsets(
+    const PositionWalk<Ops>& walk, int64_t p, int64_t m, int64_t f, int64_t (&offsets)[Ops]) {
+  const int64_t i2 = p % walk.size[2], row = p / walk.size[2];
+  const int64_t i1 = row % walk.size[1], i0 = row / walk.size[1];
+  for (std::size_t op = 0; op < Ops; ++op) {
+    const OperandStrides& s = walk.operand[op];
+    offsets[op] = m * s.slot + f * s.statistic + i0 * s.dim[0] + i1 * s.dim[1] + i2 * s.dim[2];
+  }
+}
+
+// sum over (g, h, w) of t[g * M + m, C + f, h, w], computed by the whole block.
+template <typename T>
+__device__ acc_type<T> block_sum_of_statistic_channels(
+    const T* __restrict__ t, Strides4 s, const MinibatchStddevGeometry& geo, int64_t m, int64_t f) {
+  const int64_t plane = geo.H * geo.W;
+  acc_type<T> sum(0);
+  for (int64_t e = threadIdx.x; e < geo.G * plane; e += kThreads) {
+    const int64_t g = e / plane, h = (e % plane) / geo.W, w = e % geo.W;
+    sum += to_acc(t[(g * geo.M + m) * s.n + (geo.C + f) * s.c + h * s.h + w * s.w]);
+  }
+  return block_sum(sum);
+}
+
+// t[g * M + m, C + f, :, :] = value for every member g, by the whole block.
+template <typename T>
+__device__ void block_fill_statistic_channels(
+    T* __restrict__ t, Strides4 s, const MinibatchStddevGeometry& geo, int64_t m, int64_t f, T value) {
+  const int64_t plane = geo.H * geo.W;
+  for (int64_t e = threadIdx.x; e < geo.G * plane; e += kThreads) {
+    const int64_t g = e / plane, h = (e % plane) / geo.W, w = e % geo.W;
+    t[(g * geo.M + m) * s.n + (geo.C + f) * s.c + h * s.h + w * s.w] = value;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) forward_kernel(
+    const T* __restrict__ x, T* __restrict__ out, Strides4 out_strides, MinibatchStddevGeometry geo,
+    PositionWalk<2> walk, acc_type<T> eps) {
+  using acc_t = acc_type<T>;
+  const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
+  const OperandStrides &xs = walk.operand[0], &os = walk.operand[1];
+  acc_t sd_sum(0);
+  for (int64_t p = threadIdx.x; p < geo.K; p += kThreads) {
+    int64_t offsets[2];
+    position_offsets(walk, p, m, f, offsets);
+    acc_t mean(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const T v = x[offsets[0] + g * xs.member];
+      out[offsets[1] + g * os.member] = v;
+      mean += to_acc(v);
+    }
+    mean /= geo.G;
+    acc_t var(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const acc_t d = to_acc(x[offsets[0] + g * xs.member]) - mean;
+      var += d * d;
+    }
+    sd_sum += sqrt(var / geo.G + eps);
+  }
+  const acc_t statistic = block_sum(sd_sum) / static_cast<acc_t>(geo.K);
+  block_fill_statistic_channels(out, out_strides, geo, m, f, from_acc<T>(statistic));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_stat_kernel(
+    const T* __restrict__ grad_out, Strides4 grad_out_strides, MinibatchStddevGeometry geo,
+    acc_type<T>* __restrict__ grad_stat) {
+  const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
+  const acc_type<T> sum = block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f);
+  if (threadIdx.x == 0) {
+    grad_stat[blockIdx.x] = sum;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) backward_kernel(
+    const T* __restrict__ grad_out, const T* __restrict__ x, T* __restrict__ grad_x, MinibatchStddevGeometry geo,
+    PositionWalk<3> walk, const acc_type<T>* __restrict__ grad_stat, acc_type<T> eps) {
+  using acc_t = acc_type<T>;
+  const OperandStrides &xs = walk.operand[0], &gos = walk.operand[1], &gxs = walk.operand[2];
+  const acc_t fan_in = static_cast<acc_t>(geo.G * geo.K);
+  const int64_t total = geo.M * geo.F * geo.K;
+  for (int64_t index = blockIdx.x * int64_t(kThreads) + threadIdx.x; index < total;
+       index += int64_t(gridDim.x) * kThreads) {
+    const int64_t pair = index / geo.K, p = index % geo.K;
+    int64_t offsets[3];
+    position_offsets(walk, p, pair / geo.F, pair % geo.F, offsets);
+    acc_t mean(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      mean += to_acc(x[offsets[0] + g * xs.member]);
+    }
+    mean /= geo.G;
+    acc_t var(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const acc_t d = to_acc(x[offsets[0] + g * xs.member]) - mean;
+      var += d * d;
+    }
+    const acc_t scale = grad_stat[pair] / fan_in / sqrt(var / geo.G + eps);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const acc_t d = to_acc(x[offsets[0] + g * xs.member]) - mean;
+      grad_x[offsets[2] + g * gxs.member] = from_acc<T>(to_acc(grad_out[offsets[1] + g * gos.member]) + d * scale);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) double_backward_kernel(
+    const T* __restrict__ grad_grad_x, const T* __restrict__ grad_out, Strides4 grad_out_strides,
+    const T* __restrict__ x, T* __restrict__ grad_grad_out, Strides4 grad_grad_out_strides, T* __restrict__ grad_x,
+    MinibatchStddevGeometry geo, PositionWalk<4> walk, acc_type<T> eps) {
+  using acc_t = acc_type<T>;
+  const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
+  const OperandStrides &xs = walk.operand[0], &ggs = walk.operand[1], &ggos = walk.operand[2],
+                       &gxs = walk.operand[3];
+  const acc_t gs = block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f);
+  const acc_t fan_in = static_cast<acc_t>(geo.G * geo.K);
+  acc_t t_sum(0);
+  for (int64_t p = threadIdx.x; p < geo.K; p += kThreads) {
+    int64_t offsets[4];
+    position_offsets(walk, p, m, f, offsets);
+    acc_t mean(0), gg_sum(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const T q = grad_grad_x[offsets[1] + g * ggs.member];
+      grad_grad_out[offsets[2] + g * ggos.member] = q;
+      mean += to_acc(x[offsets[0] + g * xs.member]);
+      gg_sum += to_acc(q);
+    }
+    mean /= geo.G;
+    const acc_t mean_a = gs * gg_sum / geo.G;
+    acc_t var(0), gg_dot_d(0);
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const acc_t d = to_acc(x[offsets[0] + g * xs.member]) - mean;
+      var += d * d;
+      gg_dot_d += d * to_acc(grad_grad_x[offsets[1] + g * ggs.member]);
+    }
+    const acc_t sd = sqrt(var / geo.G + eps);
+    const acc_t inv = acc_t(1) / (fan_in * sd);
+    t_sum += gg_dot_d * inv;
+    const acc_t projection = gs * gg_dot_d / (geo.G * (sd * sd));
+    for (int64_t g = 0; g < geo.G; ++g) {
+      const acc_t d = to_acc(x[offsets[0] + g * xs.member]) - mean;
+      const acc_t a = gs * to_acc(grad_grad_x[offsets[1] + g * ggs.member]);
+      grad_x[offsets[3] + g * gxs.member] = from_acc<T>((a - mean_a - d * projection) * inv);
+    }
+  }
+  const acc_t t = block_sum(t_sum);
+  block_fill_statistic_channels(grad_grad_out, grad_grad_out_strides, geo, m, f, from_acc<T>(t));
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t minibatch_stddev_forward(
+    const T* x, Strides4 x_strides, T* out, Strides4 out_strides, const MinibatchStddevGeometry& geo, double eps,
+    cudaStream_t stream) {
+  const int64_t pairs = geo.M * geo.F;
+  if (pairs == 0) {
+    return cudaSuccess;
+  }
+  if (pairs > kMaxGridX) {
+    return cudaErrorInvalidConfiguration;
+  }
+  const auto walk = make_walk<2>(geo, {x_strides, out_strides});
+  forward_kernel<T><<<static_cast<unsigned>(pairs), kThreads, 0, stream>>>(
+      x, out, out_strides, geo, walk, static_cast<acc_type<T>>(eps));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t minibatch_stddev_backward(
+    const T* grad_out, Strides4 grad_out_strides, const T* x, Strides4 x_strides, T* grad_x, Strides4 grad_x_strides,
+    acc_type<T>* grad_stat_workspace, const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream) {
+  const int64_t pairs = geo.M * geo.F;
+  if (pairs == 0) {
+    return cudaSuccess;
+  }
+  if (pairs > kMaxGridX) {
+    return cudaErrorInvalidConfiguration;
+  }
+  grad_stat_kernel<T><<<static_cast<unsigned>(pairs), kThreads, 0, stream>>>(
+      grad_out, grad_out_strides, geo, grad_stat_workspace);
+  cudaError_t error = cudaGetLastError();
+  const int64_t total = pairs * geo.K;
+  if (error != cudaSuccess || total == 0) {
+    return error;
+  }
+  const auto walk = make_walk<3>(geo, {x_strides, grad_out_strides, grad_x_strides});
+  const int64_t blocks = std::min((total + kThreads - 1) / kThreads, kMaxBlocks);
+  backward_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      grad_out, x, grad_x, geo, walk, grad_stat_workspace, static_cast<acc_type<T>>(eps));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t minibatch_stddev_double_backward(
+    const T* grad_grad_x, Strides4 grad_grad_x_strides, const T* grad_out, Strides4 grad_out_strides, const T* x,
+    Strides4 x_strides, T* grad_grad_out, Strides4 grad_grad_out_strides, T* grad_x, Strides4 grad_x_strides,
+    const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream) {
+  const int64_t pairs = geo.M * geo.F;
+  if (pairs == 0) {
+    return cudaSuccess;
+  }
+  if (pairs > kMaxGridX) {
+    return cudaErrorInvalidConfiguration;
+  }
+  const auto walk =
+      make_walk<4>(geo, {x_strides, grad_grad_x_strides, grad_grad_out_strides, grad_x_strides});
+  double_backward_kernel<T><<<static_cast<unsigned>(pairs), kThreads, 0, stream>>>(
+      grad_grad_x, grad_out, grad_out_strides, x, grad_grad_out, grad_grad_out_strides, grad_x, geo, walk,
+      static_cast<acc_type<T>>(eps));
+  return cudaGetLastError();
+}
+
+#define GANOPS_INSTANTIATE_MINIBATCH_STDDEV(T)                                                                   \
+  template cudaError_t minibatch_stddev_forward<T>(                                                            \
+      const T*, Strides4, T*, Strides4, const MinibatchStddevGeometry&, double, cudaStream_t);                  \
+  template cudaError_t minibatch_stddev_backward<T>(                                                           \
+      const T*, Strides4, const T*, Strides4, T*, Strides4, acc_type<T>*, const MinibatchStddevGeometry&, double, \
+      cudaStream_t);                                                                                           \
+  template cudaError_t minibatch_stddev_double_backward<T>(                                                    \
+      const T*, Strides4, const T*, Strides4, const T*, Strides4, T*, Strides4, T*, Strides4,                  \
+      const MinibatchStddevGeometry&, double, cudaStream_t);
+
+GANOPS_INSTANTIATE_MINIBATCH_STDDEV(double)
+GANOPS_INSTANTIATE_MINIBATCH_STDDEV(float)
+GANOPS_INSTANTIATE_MINIBATCH_STDDEV(__half)
+GANOPS_INSTANTIATE_MINIBATCH_STDDEV(__nv_bfloat16)
+
+#undef GANOPS_INSTANTIATE_MINIBATCH_STDDEV
+
+}  // namespace cuda_kernels
+}  // namespace ganops

@@ -1,0 +1,106 @@
+// Input checks and output allocation of the minibatch-stddev ops, shared by the CPU and CUDA bindings so
+// that both backends reject the same inputs with the same messages and return the same layouts.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+#include "minibatch_stddev_layout.h"
+
+namespace ganops {
+
+// `group_size` is the effective group size G = min(group_size, N): the Python wrapper computes it, and
+// the checks below only guard against callers of torch.ops.ganops.* that did not.
+inline MinibatchStddevGeometry check_minibatch_stddev_input(
+    const char* op, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  TORCH_CHECK(x.dim() == 4, op, ": expected x of rank 4 [N, C, H, W], got shape ", x.sizes());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+      ": expected x of dtype float64, float32, float16 or bfloat16, got ", dtype);
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1, got ", group_size);
+  TORCH_CHECK(
+      N % group_size == 0, op, ": the batch size N = ", N, " must be divisible by the (effective) group size ",
+      group_size);
+  TORCH_CHECK(num_channels >= 1, op, ": num_channels must be >= 1, got ", num_channels);
+  TORCH_CHECK(
+      C % num_channels == 0, op, ": the channel count C = ", C, " must be divisible by num_channels = ",
+      num_channels);
+  return make_geometry(N, C, x.size(2), x.size(3), group_size, num_channels);
+}
+
+// Every other tensor argument must live with x: the kernels index all of them with x's geometry.
+inline void check_like_x(
+    const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, at::IntArrayRef expected_shape) {
+  TORCH_CHECK(
+      t.sizes() == expected_shape, op, ": expected ", name, " of shape ", expected_shape, ", got ", t.sizes());
+  TORCH_CHECK(
+      t.scalar_type() == x.scalar_type(), op, ": expected ", name, " of dtype ", x.scalar_type(),
+      " (the dtype of x), got ", t.scalar_type());
+  TORCH_CHECK(
+      t.device() == x.device(), op, ": expected ", name, " on ", x.device(), " (the device of x), got ",
+      t.device());
+}
+
+inline std::array<int64_t, 4> output_shape(const MinibatchStddevGeometry& geo) {
+  return {geo.N, geo.C + geo.F, geo.H, geo.W};
+}
+
+inline std::array<int64_t, 4> input_shape(const MinibatchStddevGeometry& geo) {
+  return {geo.N, geo.C, geo.H, geo.W};
+}
+
+// Same rule as ganops/_layout.py (the fake kernels use it), so eager and compiled strides agree.
+inline at::Tensor empty_in_layout_of(const at::Tensor& x, at::IntArrayRef shape) {
+  const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return at::empty(
+      shape, x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
+
+inline Strides4 strides_of(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// The checked geometry and the freshly allocated outputs of one op call.
+struct ForwardArgs {
+  MinibatchStddevGeometry geo;
+  at::Tensor out;
+};
+
+inline ForwardArgs prepare_forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  const auto geo = check_minibatch_stddev_input("ganops::minibatch_stddev_cpp", x, group_size, num_channels);
+  return {geo, empty_in_layout_of(x, output_shape(geo))};
+}
+
+struct BackwardArgs {
+  MinibatchStddevGeometry geo;
+  at::Tensor grad_x;
+};
+
+inline BackwardArgs prepare_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  constexpr const char* op = "ganops::minibatch_stddev_backward_cpp";
+  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels);
+  check_like_x(op, "grad_out", grad_out, x, output_shape(geo));
+  return {geo, empty_in_layout_of(x, input_shape(geo))};
+}
+
+struct DoubleBackwardArgs {
+  MinibatchStddevGeometry geo;
+  at::Tensor grad_grad_out;
+  at::Tensor grad_x;
+};
+
+inline DoubleBackwardArgs prepare_double_backward(
+    const at::Tensor& grad_grad_x, const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size,
+    int64_t num_channels) {
+  constexpr const char* op = "ganops::minibatch_stddev_double_backward_cpp";
+  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels);
+  check_like_x(op, "grad_out", grad_out, x, output_shape(geo));
+  check_like_x(op, "grad_grad_x", grad_grad_x, x, input_shape(geo));
+  return {geo, empty_in_layout_of(x, output_shape(geo)), empty_in_layout_of(x, input_shape(geo))};
+}
+
+}  // namespace ganops

@@ -1,0 +1,13 @@
+"""ganops: fast, exact, twice-differentiable PyTorch ops for GAN training.
+
+Importing ganops never fails because triton, a GPU or the compiled extension is missing; those backends are
+then unavailable (``python -m ganops info`` says why).
+"""
+
+from ganops import nn
+from ganops._backend import BACKENDS, unavailable_reason, use_backend
+from ganops.ops.minibatch_stddev import minibatch_stddev
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "minibatch_stddev", "nn", "unavailable_reason", "use_backend", "__version__"]

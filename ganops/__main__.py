@@ -1,0 +1,33 @@
+"""``python -m ganops info | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ganops import _cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ganops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="versions, devices, and which backend runs which op here")
+    bench = commands.add_parser("bench", help="benchmark the ops against eager and torch.compile baselines")
+    bench.add_argument("--op", action="append", help="only this op (repeatable); default: all")
+    bench.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    bench.add_argument("--device", default=None, help="cpu or cuda; default: cuda if available")
+    bench.add_argument("--output", default=None, help="results folder; default benchmarks/results/<device>/")
+    bench.add_argument(
+        "--write-rankings",
+        action="store_true",
+        help="also record the measured backend ranking per op and device in ganops/measured_rankings.json",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print(_cli.info_text())
+        return 0
+    return _cli.run_benchmarks(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

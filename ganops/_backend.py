@@ -1,0 +1,111 @@
+"""Backend selection: ``backend=`` argument > ``ganops.use_backend`` > ``GANOPS_BACKEND`` > ``"auto"``.
+
+``"auto"`` picks, per op and device type, the first available backend of the ranking measured by the
+benchmarks (``ganops/measured_rankings.json``, written by ``python -m ganops bench --write-rankings``).
+Without a measurement for that op and device it picks the reference: ganops never guesses that a
+kernel is faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ganops import _extension, _triton
+
+BACKENDS = ("reference", "triton", "cpp")
+CHOICES = BACKENDS + ("auto",)
+RANKINGS_PATH = Path(__file__).with_name("measured_rankings.json")
+
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("ganops_backend", default=None)
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"{source} must be one of {CHOICES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every ganops op inside the ``with`` block on backend ``name`` (unless a call passes ``backend=``).
+
+    >>> with ganops.use_backend("reference"):
+    ...     y = ganops.minibatch_stddev(x)
+    """
+    token = _context_backend.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend name in force for one call, before ``"auto"`` is resolved."""
+    if backend is not None:
+        return _check_name(backend, "backend")
+    if (from_context := _context_backend.get()) is not None:
+        return from_context
+    if from_env := os.environ.get("GANOPS_BACKEND"):
+        return _check_name(from_env, "environment variable GANOPS_BACKEND")
+    return "auto"
+
+
+def _cpp_unavailable_reason(device_type: str) -> str | None:
+    if (error := _extension.load_error()) is not None:
+        return error
+    if device_type == "cpu":
+        return None
+    if device_type == "cuda":
+        if _extension.cuda_kernels_built():
+            return None
+        return "ganops._C was built without CUDA kernels (build with a CUDA torch and nvcc, GANOPS_BUILD_CUDA=1)"
+    return f"the compiled extension has no kernels for device type {device_type!r}"
+
+
+def unavailable_reason(backend: str, device_type: str) -> str | None:
+    """``None`` if ``backend`` can run ops on ``device_type`` here, else a sentence saying why not."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        return _triton.unavailable_reason(device_type)
+    if backend == "cpp":
+        return _cpp_unavailable_reason(device_type)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def measured_rankings() -> dict:
+    """``{op: {device_type: {"ranking": [fastest, ...], "source": results file}}}``."""
+    if not RANKINGS_PATH.exists():
+        return {}
+    return json.loads(RANKINGS_PATH.read_text())
+
+
+def auto_backend(op: str, device_type: str) -> str:
+    ranking = measured_rankings().get(op, {}).get(device_type, {}).get("ranking", [])
+    for backend in ranking:
+        if backend in BACKENDS and unavailable_reason(backend, device_type) is None:
+            return backend
+    return "reference"
+
+
+@torch.compiler.assume_constant_result
+def select(op: str, device_type: str, backend: str | None) -> str:
+    """Resolve the backend for one call of ``op`` on ``device_type``; raise if an explicit choice cannot run.
+
+    Under ``torch.compile`` the choice is made once, when the function is traced.
+    """
+    name = requested_backend(backend)
+    if name == "auto":
+        return auto_backend(op, device_type)
+    if (reason := unavailable_reason(name, device_type)) is not None:
+        raise RuntimeError(f"ganops.{op}: backend {name!r} is unavailable for {device_type} tensors: {reason}")
+    return name

@@ -1,0 +1,65 @@
+"""Shared test utilities: tolerances, backend availability, tensor layouts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ganops import _backend
+
+# Relative-error tolerances per dtype (DESIGN.md, correctness rules).
+TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 1e-2,
+    torch.bfloat16: 1e-2,
+}
+
+KERNEL_BACKENDS = ("triton", "cpp")
+LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced")
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||`` in float64; the absolute error where ``expected`` is zero."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    actual, expected = actual.double(), expected.double()
+    assert not actual.isnan().any(), "NaN in result"
+    difference = (actual - expected).norm().item()
+    scale = expected.norm().item()
+    return difference / scale if scale > 0 else difference
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    tolerance = TOLERANCE[dtype or expected.dtype]
+    error = relative_error(actual, expected)
+    assert error <= tolerance, f"relative error {error:.3e} > {tolerance:.0e}"
+
+
+def require_backend(backend: str, device_type: str = "cpu") -> None:
+    """Skip if ``backend`` cannot run here, unless ``GANOPS_REQUIRE_BACKENDS`` lists it (then fail)."""
+    reason = _backend.unavailable_reason(backend, device_type)
+    if reason is None:
+        return
+    required = {name.strip() for name in os.environ.get("GANOPS_REQUIRE_BACKENDS", "").split(",") if name.strip()}
+    if backend in required:
+        pytest.fail(f"backend {backend!r} is required by GANOPS_REQUIRE_BACKENDS but unavailable: {reason}")
+    pytest.skip(f"backend {backend!r} unavailable on {device_type}: {reason}")
+
+
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as ``x`` ([N, C, H, W]) stored in ``layout``."""
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    if layout == "sliced":
+        padded = torch.zeros(x.shape[0], x.shape[1] + 2, x.shape[2], x.shape[3] * 2, dtype=x.dtype, device=x.device)
+        padded[:, 1:-1, :, ::2] = x
+        return padded[:, 1:-1, :, ::2]
+    raise ValueError(layout)
+

@@ -1,0 +1,261 @@
+"""Triton kernels for minibatch standard deviation: one kernel per direction (forward, backward, double
+backward). The math and notation are those of ``ganops/reference/minibatch_stddev.py``.
+
+Every kernel handles one (group slot ``m``, statistic ``f``) pair per program row and walks the ``K = c*H*W``
+positions in tiles of ``[BLOCK_G, BLOCK_K]``: the ``G`` group members of each position are in one tile, so
+the mean and variance over the group are exact two-pass values computed in registers. Inputs are read
+through their strides, so contiguous, channels_last and arbitrary views need no copy.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ganops._layout import empty_in_layout_of
+
+# Elements per tile; small enough that a tile of fp64 values stays in registers.
+_TILE_ELEMENTS = 1024
+
+
+@triton.jit
+def _load_group_tile(
+    ptr, stride_n, stride_c, stride_h, stride_w,
+    m, slots, groups, channel_base, k, positions, height, width,
+    BLOCK_G: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    """The ``[BLOCK_G, BLOCK_K]`` tile of ``ptr`` for members ``g`` of slot ``m`` at flat positions ``k``."""
+    member = tl.arange(0, BLOCK_G)
+    sample = (member * slots + m).to(tl.int64)
+    channel = channel_base + k // (height * width)
+    row = (k // width) % height
+    col = k % width
+    offsets = (
+        sample[:, None] * stride_n
+        + (channel * stride_c + row * stride_h + col * stride_w).to(tl.int64)[None, :]
+    )
+    mask = (member < groups)[:, None] & (k < positions)[None, :]
+    values = tl.load(ptr + offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    return values, offsets, mask
+
+
+@triton.jit
+def _group_deviation(values, mask, groups, eps):
+    """``d = x - mean_g(x)`` (zero where masked) and ``sd = sqrt(mean_g(d^2) + eps)`` of a tile."""
+    mean = tl.sum(values, axis=0) / groups
+    deviation = tl.where(mask, values - mean[None, :], 0.0)
+    stddev = tl.sqrt(tl.sum(deviation * deviation, axis=0) / groups + eps)
+    return deviation, stddev
+
+
+@triton.jit
+def _statistic_gradient(
+    grad_out_ptr, stride_n, stride_c, stride_h, stride_w,
+    m, slots, groups, stat_channel, height, width,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    """``gs[m, f]``: the sum of ``grad_out`` over the statistic channel of the ``G`` members of slot ``m``."""
+    total = tl.zeros([BLOCK_G, BLOCK_K], dtype=COMPUTE_DTYPE)
+    pixels = height * width
+    for start in range(0, pixels, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        values, _, _ = _load_group_tile(
+            grad_out_ptr, stride_n, stride_c, stride_h, stride_w,
+            m, slots, groups, stat_channel, k, pixels, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        total += values
+    return tl.sum(tl.sum(total, axis=1), axis=0)
+
+
+@triton.jit
+def _fill_statistic_channel(
+    out_ptr, stride_n, stride_c, stride_h, stride_w,
+    value, m, slots, groups, stat_channel, height, width,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pixels = height * width
+    member = tl.arange(0, BLOCK_G)
+    sample = (member * slots + m).to(tl.int64)
+    for start in range(0, pixels, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        offsets = sample[:, None] * stride_n + (
+            stat_channel * stride_c + (k // width) * stride_h + (k % width) * stride_w
+        ).to(tl.int64)[None, :]
+        mask = (member < groups)[:, None] & (k < pixels)[None, :]
+        tile = tl.zeros([BLOCK_G, BLOCK_K], dtype=out_ptr.dtype.element_ty) + value.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + offsets, tile, mask=mask)
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr, xs_n, xs_c, xs_h, xs_w,
+    out_ptr, os_n, os_c, os_h, os_w,
+    slots, groups, stats, channels, per_stat, height, width, eps,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    m = pid // stats
+    f = pid % stats
+    positions = per_stat * height * width
+    stddev_sum = tl.zeros([BLOCK_K], dtype=COMPUTE_DTYPE)
+    for start in range(0, positions, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        values, _, mask = _load_group_tile(
+            x_ptr, xs_n, xs_c, xs_h, xs_w,
+            m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        _, stddev = _group_deviation(values, mask, groups, eps)
+        stddev_sum += tl.where(k < positions, stddev, 0.0)
+        _, out_offsets, _ = _load_group_tile(
+            out_ptr, os_n, os_c, os_h, os_w,
+            m, slots, 0, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        tl.store(out_ptr + out_offsets, values.to(out_ptr.dtype.element_ty), mask=mask)
+    statistic = tl.sum(stddev_sum, axis=0) / positions
+    _fill_statistic_channel(
+        out_ptr, os_n, os_c, os_h, os_w,
+        statistic, m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K,
+    )
+
+
+@triton.jit
+def _backward_kernel(
+    grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+    x_ptr, xs_n, xs_c, xs_h, xs_w,
+    grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
+    slots, groups, stats, channels, per_stat, height, width, eps,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    m = pid // stats
+    f = pid % stats
+    positions = per_stat * height * width
+    grad_stat = _statistic_gradient(
+        grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+        m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K, COMPUTE_DTYPE,
+    )
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    values, _, mask = _load_group_tile(
+        x_ptr, xs_n, xs_c, xs_h, xs_w,
+        m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+    )
+    deviation, stddev = _group_deviation(values, mask, groups, eps)
+    passthrough, _, _ = _load_group_tile(
+        grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+        m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+    )
+    grad_x = passthrough + grad_stat * deviation / ((groups * positions) * stddev)[None, :]
+    _, grad_x_offsets, _ = _load_group_tile(
+        grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
+        m, slots, 0, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+    )
+    tl.store(grad_x_ptr + grad_x_offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _double_backward_kernel(
+    gg_ptr, ggs_n, ggs_c, ggs_h, ggs_w,
+    grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+    x_ptr, xs_n, xs_c, xs_h, xs_w,
+    ggo_ptr, ggos_n, ggos_c, ggos_h, ggos_w,
+    grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
+    slots, groups, stats, channels, per_stat, height, width, eps,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    m = pid // stats
+    f = pid % stats
+    positions = per_stat * height * width
+    grad_stat = _statistic_gradient(
+        grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+        m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K, COMPUTE_DTYPE,
+    )
+    statistic_grad_sum = tl.zeros([BLOCK_K], dtype=COMPUTE_DTYPE)
+    for start in range(0, positions, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        values, _, mask = _load_group_tile(
+            x_ptr, xs_n, xs_c, xs_h, xs_w,
+            m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        deviation, stddev = _group_deviation(values, mask, groups, eps)
+        gg, _, _ = _load_group_tile(
+            gg_ptr, ggs_n, ggs_c, ggs_h, ggs_w,
+            m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        scale = 1.0 / ((groups * positions) * stddev)
+        statistic_grad_sum += tl.sum(gg * deviation, axis=0) * scale
+        a = grad_stat * gg
+        a_mean = tl.sum(a, axis=0) / groups
+        projection = tl.sum(a * deviation, axis=0) / (groups * stddev * stddev)
+        grad_x = (a - a_mean[None, :] - deviation * projection[None, :]) * scale[None, :]
+        _, grad_x_offsets, _ = _load_group_tile(
+            grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
+            m, slots, 0, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        tl.store(grad_x_ptr + grad_x_offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        _, ggo_offsets, _ = _load_group_tile(
+            ggo_ptr, ggos_n, ggos_c, ggos_h, ggos_w,
+            m, slots, 0, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
+        )
+        tl.store(ggo_ptr + ggo_offsets, gg.to(ggo_ptr.dtype.element_ty), mask=mask)
+    _fill_statistic_channel(
+        ggo_ptr, ggos_n, ggos_c, ggos_h, ggos_w,
+        tl.sum(statistic_grad_sum, axis=0), m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K,
+    )
+
+
+def _launch_parameters(x: Tensor, groups: int, num_channels: int) -> dict:
+    n, channels, height, width = x.shape
+    block_g = triton.next_power_of_2(groups)
+    return dict(
+        slots=n // groups,
+        groups=groups,
+        stats=num_channels,
+        channels=channels,
+        per_stat=channels // num_channels,
+        height=height,
+        width=width,
+        BLOCK_G=block_g,
+        BLOCK_K=max(16, _TILE_ELEMENTS // block_g),
+        COMPUTE_DTYPE=tl.float64 if x.dtype.is_floating_point and x.itemsize == 8 else tl.float32,
+    )
+
+
+def forward(x: Tensor, groups: int, num_channels: int, eps: float) -> Tensor:
+    """``minibatch_stddev`` with the effective group size ``groups`` (already ``min(group_size, N)``)."""
+    n, channels, height, width = x.shape
+    out = empty_in_layout_of(x, (n, channels + num_channels, height, width))
+    params = _launch_parameters(x, groups, num_channels)
+    grid = (params["slots"] * num_channels,)
+    _forward_kernel[grid](x, *x.stride(), out, *out.stride(), eps=eps, **params)
+    return out
+
+
+def backward(grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float) -> Tensor:
+    grad_x = empty_in_layout_of(x, x.shape)
+    params = _launch_parameters(x, groups, num_channels)
+    positions = params["per_stat"] * params["height"] * params["width"]
+    grid = (params["slots"] * num_channels, triton.cdiv(positions, params["BLOCK_K"]))
+    _backward_kernel[grid](
+        grad_out, *grad_out.stride(), x, *x.stride(), grad_x, *grad_x.stride(), eps=eps, **params
+    )
+    return grad_x
+
+
+def double_backward(
+    grad_grad_x: Tensor, grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    grad_grad_out = empty_in_layout_of(x, grad_out.shape, grad_out.dtype)
+    grad_x = empty_in_layout_of(x, x.shape)
+    params = _launch_parameters(x, groups, num_channels)
+    grid = (params["slots"] * num_channels,)
+    _double_backward_kernel[grid](
+        grad_grad_x, *grad_grad_x.stride(),
+        grad_out, *grad_out.stride(),
+        x, *x.stride(),
+        grad_grad_out, *grad_grad_out.stride(),
+        grad_x, *grad_x.stride(),
+        eps=eps, **params,
+    )
+    return grad_grad_out, grad_x
