@@ -21,14 +21,18 @@ KERNEL_BACKENDS = ("triton", "cpp")
 LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced")
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||actual - expected|| / ||expected||`` in float64; the absolute error where ``expected`` is zero."""
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) -> float:
+    """``||actual - expected|| / max(||expected||, floor)`` in float64; the absolute error where both are zero.
+
+    ``floor`` is the natural size of the terms that make up ``expected``: where they cancel (a quantity that is
+    zero up to ``eps``), rounding is measured against the terms, not against their tiny difference.
+    """
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     actual, expected = actual.double(), expected.double()
     assert not actual.isnan().any(), "NaN in result"
     difference = (actual - expected).norm().item()
-    scale = expected.norm().item()
+    scale = max(expected.norm().item(), floor)
     return difference / scale if scale > 0 else difference
 
 
