@@ -7,7 +7,19 @@ then unavailable (``python -m ganops info`` says why).
 from ganops import nn
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
 from ganops.ops.minibatch_stddev import minibatch_stddev
+from ganops.spectral_norm import SpectralNormGroup, convert, remove_spectral_norm, spectral_norm
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "minibatch_stddev", "nn", "unavailable_reason", "use_backend", "__version__"]
+__all__ = [
+    "BACKENDS",
+    "SpectralNormGroup",
+    "convert",
+    "minibatch_stddev",
+    "nn",
+    "remove_spectral_norm",
+    "spectral_norm",
+    "unavailable_reason",
+    "use_backend",
+    "__version__",
+]

@@ -12,7 +12,7 @@ import torch
 
 from ganops import _backend, _extension, _triton
 
-OPS = ("minibatch_stddev",)
+OPS = ("minibatch_stddev", "spectral_norm")
 
 
 def _version(module: str) -> str:

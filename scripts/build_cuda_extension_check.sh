@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the full CUDA extension ganops._C (CUDA kernels + torch bindings) against a CUDA build of torch
 # in a separate venv, then imports it and checks that the CUDA kernels are registered. No GPU is needed:
-# this catches errors in csrc/cuda/minibatch_stddev_binding.cpp and in the link that
+# this catches errors in the csrc/cuda/*_binding.cpp files and in the link that
 # scripts/compile_cuda_sources.sh (nvcc alone, no torch) cannot see. The repository is not modified:
 # the build goes to a temporary directory, never next to the CPU build of ganops/_C*.so.
 #
@@ -38,8 +38,9 @@ import torch
 import ganops._C  # noqa: F401  (a namespace package here: only the extension is on the path)
 
 assert torch.ops.ganops.cuda_kernels_built(), "built without GANOPS_WITH_CUDA"
-for op in ("minibatch_stddev_cpp", "minibatch_stddev_backward_cpp", "minibatch_stddev_double_backward_cpp"):
-    for key in ("CPU", "CUDA"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ganops::{op}", key), (op, key)
-print("ganops._C built with CUDA kernels; CPU and CUDA kernels registered for every op")
+ops = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("ganops::") and name.endswith("_cpp"))
+assert ops, "no ganops::*_cpp ops registered"
+missing = [(op, key) for op in ops for key in ("CPU", "CUDA") if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
+assert not missing, f"ops without a kernel: {missing}"
+print(f"ganops._C built with CUDA kernels; CPU and CUDA kernels registered for all {len(ops)} ops: {ops}")
 PY

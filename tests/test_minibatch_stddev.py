@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ganops
+from ganops import _triton
 from ganops.reference import minibatch_stddev as reference
 from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, in_layout, relative_error, require_backend
 
@@ -156,8 +157,11 @@ def test_gradcheck_and_gradgradcheck_float64(backend, layout):
     def function(t):
         return ganops.minibatch_stddev(t, group_size=3, num_channels=2, backend=backend)
 
-    assert torch.autograd.gradcheck(function, x)
-    assert torch.autograd.gradgradcheck(function, x)
+    # Each Triton launch costs ~0.1 s under the CPU interpreter, so the element-by-element Jacobians (hundreds of
+    # launches) would take minutes; fast mode compares random projections of the same Jacobians instead.
+    fast_mode = backend == "triton" and _triton.interpreter_enabled()
+    assert torch.autograd.gradcheck(function, x, fast_mode=fast_mode)
+    assert torch.autograd.gradgradcheck(function, x, fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

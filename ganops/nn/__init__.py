@@ -1,10 +1,14 @@
-"""``torch.nn`` modules around ganops ops."""
+"""``torch.nn`` modules around ganops ops; ``ganops.nn.utils`` has the spectral norm functions."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ganops.nn import utils
 from ganops.ops.minibatch_stddev import check_hyperparameters, minibatch_stddev
+from ganops.spectral_norm import SpectralNorm
+
+__all__ = ["MinibatchStdDev", "SpectralNorm", "utils"]
 
 
 class MinibatchStdDev(nn.Module):

@@ -1,0 +1,256 @@
+// Schemas of the spectral-norm ops and their CPU kernels. The math is that of
+// ganops/reference/spectral_norm.py: power iteration u <- normalize(W v), v <- normalize(W^T u),
+// sigma = u^T W v (computed as s . v with s = W^T u, the last unnormalised v), W_sn = W / sigma, and the
+// backward grad_W = (G - <G, W_sn> u v^T) / sigma. Arithmetic in at::opmath_type (float for half types).
+//
+// Every parallel loop splits its work into fixed chunks and adds their partial sums in chunk order, so the
+// results do not depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "../spectral_norm_common.h"
+
+namespace ganops {
+namespace {
+
+// Rows per parallel task of the row-wise loops, columns per task of W^T u.
+constexpr int64_t kRowGrain = 16;
+constexpr int64_t kColumnChunk = 256;
+
+template <typename acc_t>
+acc_t ordered_sum(const std::vector<acc_t>& values) {
+  acc_t total(0);
+  for (const acc_t value : values) {
+    total += value;
+  }
+  return total;
+}
+
+template <typename scalar_t>
+struct Matrix {
+  const scalar_t* data;
+  int64_t rows, cols, row_stride, col_stride;
+
+  explicit Matrix(const at::Tensor& t)
+      : data(t.const_data_ptr<scalar_t>()), rows(t.size(0)), cols(t.size(1)), row_stride(t.stride(0)),
+        col_stride(t.stride(1)) {}
+
+  scalar_t at(int64_t r, int64_t c) const {
+    return data[r * row_stride + c * col_stride];
+  }
+};
+
+// out = W x; returns ||out||^2.
+template <typename scalar_t, typename acc_t>
+acc_t matvec(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
+  std::vector<acc_t> squares(w.rows);
+  at::parallel_for(0, w.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t acc(0);
+      for (int64_t c = 0; c < w.cols; ++c) {
+        acc += static_cast<acc_t>(w.at(r, c)) * x[c];
+      }
+      out[r] = acc;
+      squares[r] = acc * acc;
+    }
+  });
+  return ordered_sum(squares);
+}
+
+// out = W^T x; returns ||out||^2. Each task owns a chunk of columns and walks every row, so a row's
+// columns are read contiguously for row-major weights.
+template <typename scalar_t, typename acc_t>
+acc_t matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
+  const int64_t chunks = (w.cols + kColumnChunk - 1) / kColumnChunk;
+  std::vector<acc_t> squares(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t c0 = chunk * kColumnChunk, c1 = std::min(w.cols, c0 + kColumnChunk);
+      std::fill(out.begin() + c0, out.begin() + c1, acc_t(0));
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const acc_t xr = x[r];
+        for (int64_t c = c0; c < c1; ++c) {
+          out[c] += static_cast<acc_t>(w.at(r, c)) * xr;
+        }
+      }
+      acc_t sq(0);
+      for (int64_t c = c0; c < c1; ++c) {
+        sq += out[c] * out[c];
+      }
+      squares[chunk] = sq;
+    }
+  });
+  return ordered_sum(squares);
+}
+
+template <typename scalar_t>
+std::vector<at::opmath_type<scalar_t>> to_acc_vector(const at::Tensor& t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto values = t.contiguous();
+  const scalar_t* data = values.const_data_ptr<scalar_t>();
+  return std::vector<acc_t>(data, data + values.numel());
+}
+
+template <typename scalar_t, typename acc_t>
+void store_vector(const std::vector<acc_t>& values, at::Tensor& out) {
+  scalar_t* data = out.mutable_data_ptr<scalar_t>();
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    data[i] = static_cast<scalar_t>(values[i]);
+  }
+}
+
+template <typename scalar_t>
+void forward_layer(
+    const at::Tensor& weight_mat, const at::Tensor& u_in, const at::Tensor& v_in, int64_t n_power_iterations,
+    double eps_, at::Tensor& weight_sn, at::Tensor& u_out, at::Tensor& v_out, at::Tensor& sigma_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Matrix<scalar_t> w(weight_mat);
+  const acc_t eps = static_cast<acc_t>(eps_);
+  auto u = to_acc_vector<scalar_t>(u_in);
+  auto v = to_acc_vector<scalar_t>(v_in);
+  acc_t sigma(0);
+  if (n_power_iterations == 0) {
+    std::vector<acc_t> t(w.rows);
+    matvec(w, v, t);
+    for (int64_t r = 0; r < w.rows; ++r) {
+      sigma += u[r] * t[r];
+    }
+  }
+  for (int64_t it = 0; it < n_power_iterations; ++it) {
+    const acc_t u_norm = std::max(std::sqrt(matvec(w, v, u)), eps);
+    for (acc_t& value : u) {
+      value /= u_norm;
+    }
+    const acc_t s_squared = matvec_transposed(w, u, v);
+    const acc_t v_norm = std::max(std::sqrt(s_squared), eps);
+    for (acc_t& value : v) {
+      value /= v_norm;
+    }
+    sigma = s_squared / v_norm;
+  }
+  store_vector<scalar_t>(u, u_out);
+  store_vector<scalar_t>(v, v_out);
+  sigma_out.fill_(sigma);
+  scalar_t* out = weight_sn.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, w.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t c = 0; c < w.cols; ++c) {
+        out[r * w.cols + c] = static_cast<scalar_t>(static_cast<acc_t>(w.at(r, c)) / sigma);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_layer(
+    const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u_in, const at::Tensor& v_in,
+    const at::Tensor& sigma_in, at::Tensor& grad_w) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Matrix<scalar_t> g(grad_sn), w(weight_mat);
+  const auto u = to_acc_vector<scalar_t>(u_in);
+  const auto v = to_acc_vector<scalar_t>(v_in);
+  const acc_t sigma = sigma_in.item<acc_t>();
+  std::vector<acc_t> row_dots(w.rows);
+  at::parallel_for(0, w.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t acc(0);
+      for (int64_t c = 0; c < w.cols; ++c) {
+        acc += static_cast<acc_t>(g.at(r, c)) * static_cast<acc_t>(w.at(r, c));
+      }
+      row_dots[r] = acc;
+    }
+  });
+  // <G, W_sn> = <G, W> / sigma.
+  const acc_t projection = ordered_sum(row_dots) / sigma;
+  scalar_t* out = grad_w.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, w.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t pu = projection * u[r];
+      for (int64_t c = 0; c < w.cols; ++c) {
+        out[r * w.cols + c] = static_cast<scalar_t>((static_cast<acc_t>(g.at(r, c)) - pu * v[c]) / sigma);
+      }
+    }
+  });
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+spectral_norm_group_cpu(
+    at::TensorList weight_mats, at::TensorList us, at::TensorList vs, int64_t n_power_iterations, double eps) {
+  static constexpr const char* op = "ganops::spectral_norm_group_cpp";
+  check_spectral_norm_group(op, weight_mats, us, vs);
+  check_spectral_norm_hyperparameters(op, n_power_iterations, eps);
+  auto out = allocate_spectral_norm_outputs(weight_mats, us, vs);
+  for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), op, [&] {
+      forward_layer<scalar_t>(
+          weight_mats[i], us[i], vs[i], n_power_iterations, eps, out.weight_sn[i], out.u[i], out.v[i],
+          out.sigma[i]);
+    });
+  }
+  return {out.weight_sn, out.u, out.v, out.sigma};
+}
+
+std::vector<at::Tensor> spectral_norm_group_backward_cpu(
+    at::TensorList grads, at::TensorList weight_mats, at::TensorList us, at::TensorList vs,
+    at::TensorList sigmas) {
+  static constexpr const char* op = "ganops::spectral_norm_group_backward_cpp";
+  check_spectral_norm_group(op, weight_mats, us, vs);
+  TORCH_CHECK(
+      grads.size() == weight_mats.size() && sigmas.size() == weight_mats.size(), op,
+      ": grads and sigmas must have one entry per weight");
+  std::vector<at::Tensor> out;
+  for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+    check_spectral_norm_backward_layer(op, grads[i], weight_mats[i], us[i], vs[i], sigmas[i]);
+    out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), op, [&] {
+      backward_layer<scalar_t>(grads[i], weight_mats[i], us[i], vs[i], sigmas[i], out.back());
+    });
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_cpu(
+    const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v, int64_t n_power_iterations,
+    double eps) {
+  auto [weight_sn, u_out, v_out, sigma] = spectral_norm_group_cpu({weight_mat}, {u}, {v}, n_power_iterations, eps);
+  return {weight_sn[0], u_out[0], v_out[0], sigma[0]};
+}
+
+at::Tensor spectral_norm_backward_cpu(
+    const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
+    const at::Tensor& sigma) {
+  return spectral_norm_group_backward_cpu({grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ganops, m) {
+  m.def(
+      "spectral_norm_cpp(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "spectral_norm_backward_cpp(Tensor grad_sn, Tensor weight_mat, Tensor u, Tensor v, Tensor sigma) -> Tensor");
+  m.def(
+      "spectral_norm_group_cpp(Tensor[] weight_mats, Tensor[] us, Tensor[] vs, int n_power_iterations, float eps) "
+      "-> (Tensor[], Tensor[], Tensor[], Tensor[])");
+  m.def(
+      "spectral_norm_group_backward_cpp(Tensor[] grads, Tensor[] weight_mats, Tensor[] us, Tensor[] vs, "
+      "Tensor[] sigmas) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(ganops, CPU, m) {
+  m.impl("spectral_norm_cpp", &spectral_norm_cpu);
+  m.impl("spectral_norm_backward_cpp", &spectral_norm_backward_cpu);
+  m.impl("spectral_norm_group_cpp", &spectral_norm_group_cpu);
+  m.impl("spectral_norm_group_backward_cpp", &spectral_norm_group_backward_cpu);
+}
+
+}  // namespace ganops

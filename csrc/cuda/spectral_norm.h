@@ -1,0 +1,70 @@
+// Host launchers of the CUDA spectral-norm kernels. No torch headers: the kernels take raw pointers and a
+// stream, so spectral_norm.cu compiles with nvcc alone (scripts/compile_cuda_sources.sh) and the torch
+// glue lives in spectral_norm_binding.cpp. Math: ganops/reference/spectral_norm.py.
+//
+// One launch handles a whole group of layers of one dtype T (double, float, __half, __nv_bfloat16), one
+// thread block per layer; arithmetic in acc_type<T> (double for double, float otherwise). The per-layer
+// descriptors live in device memory (the binding copies them there with one host-to-device copy).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ganops {
+namespace cuda_kernels {
+
+template <typename T>
+struct SpectralNormAccumulate {
+  using type = float;
+};
+template <>
+struct SpectralNormAccumulate<double> {
+  using type = double;
+};
+template <typename T>
+using sn_acc_type = typename SpectralNormAccumulate<T>::type;
+
+// One layer of the forward: W [rows, cols] with element strides, u [rows] and v [cols] contiguous; the
+// outputs W_sn (contiguous [rows, cols]), u, v, sigma; work_u/work_v hold rows + cols accumulators.
+template <typename T>
+struct SpectralNormForwardLayer {
+  const T* weight;
+  int64_t row_stride, col_stride, rows, cols;
+  const T* u;
+  const T* v;
+  T* weight_sn;
+  T* u_out;
+  T* v_out;
+  sn_acc_type<T>* sigma;
+  sn_acc_type<T>* work_u;
+  sn_acc_type<T>* work_v;
+};
+
+// One layer of the backward: grad_W (contiguous) = (G - <G, W> / sigma u v^T) / sigma.
+template <typename T>
+struct SpectralNormBackwardLayer {
+  const T* grad;
+  int64_t grad_row_stride, grad_col_stride;
+  const T* weight;
+  int64_t row_stride, col_stride, rows, cols;
+  const T* u;
+  const T* v;
+  const sn_acc_type<T>* sigma;
+  T* grad_weight;
+};
+
+// n_power_iterations = 0: eval mode (sigma = u^T W v with the given vectors, copied to the outputs).
+template <typename T>
+cudaError_t spectral_norm_forward(
+    const SpectralNormForwardLayer<T>* layers, int64_t num_layers, int64_t n_power_iterations, double eps,
+    cudaStream_t stream);
+
+template <typename T>
+cudaError_t spectral_norm_backward(
+    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, cudaStream_t stream);
+
+}  // namespace cuda_kernels
+}  // namespace ganops

@@ -1,0 +1,171 @@
+// Torch glue of the CUDA spectral-norm kernels: checks and output allocation (shared with the CPU backend),
+// the per-layer descriptor table (built on the host, copied to the device once per call), device guard and
+// current stream. Only compiled in CUDA builds.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "../spectral_norm_common.h"
+#include "spectral_norm.h"
+
+namespace ganops {
+namespace {
+
+// The CUDA type with the same bits as torch's scalar_t: the kernels are instantiated for CUDA's types.
+template <typename scalar_t>
+using cuda_type_t = std::conditional_t<
+    std::is_same_v<scalar_t, c10::Half>, __half,
+    std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, __nv_bfloat16, scalar_t>>;
+
+template <typename scalar_t>
+const cuda_type_t<scalar_t>* input_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const cuda_type_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
+}
+
+template <typename scalar_t>
+cuda_type_t<scalar_t>* output_ptr(at::Tensor& t) {
+  return reinterpret_cast<cuda_type_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
+}
+
+void check_launch(cudaError_t error, const char* op) {
+  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
+}
+
+// The descriptors as a device tensor of bytes: one pinned host buffer, one asynchronous copy. The caching
+// host allocator keeps the pinned buffer alive until the copy has run.
+template <typename Descriptor>
+at::Tensor upload(const std::vector<Descriptor>& descriptors, const at::Device& device) {
+  const int64_t bytes = static_cast<int64_t>(descriptors.size() * sizeof(Descriptor));
+  auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.mutable_data_ptr<uint8_t>(), descriptors.data(), bytes);
+  return host.to(device, /*non_blocking=*/true);
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+spectral_norm_group_cuda(
+    at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in, int64_t n_power_iterations, double eps) {
+  static constexpr const char* op = "ganops::spectral_norm_group_cpp";
+  check_spectral_norm_group(op, weight_mats, us_in, vs_in);
+  check_spectral_norm_hyperparameters(op, n_power_iterations, eps);
+  const c10::cuda::CUDAGuard guard(weight_mats[0].device());
+  std::vector<at::Tensor> us, vs;
+  int64_t work_size = 0;
+  for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+    us.push_back(us_in[i].contiguous());
+    vs.push_back(vs_in[i].contiguous());
+    work_size += weight_mats[i].size(0) + weight_mats[i].size(1);
+  }
+  auto out = allocate_spectral_norm_outputs(weight_mats, us, vs);
+  const auto acc_dtype = spectral_norm_sigma_dtype(weight_mats[0].scalar_type());
+  auto work = at::empty({work_size}, weight_mats[0].options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
+    using T = cuda_type_t<scalar_t>;
+    using acc_t = cuda_kernels::sn_acc_type<T>;
+    std::vector<cuda_kernels::SpectralNormForwardLayer<T>> layers;
+    acc_t* work_ptr = work.mutable_data_ptr<acc_t>();
+    for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+      const auto& w = weight_mats[i];
+      cuda_kernels::SpectralNormForwardLayer<T> layer{};
+      layer.weight = input_ptr<scalar_t>(w);
+      layer.row_stride = w.stride(0);
+      layer.col_stride = w.stride(1);
+      layer.rows = w.size(0);
+      layer.cols = w.size(1);
+      layer.u = input_ptr<scalar_t>(us[i]);
+      layer.v = input_ptr<scalar_t>(vs[i]);
+      layer.weight_sn = output_ptr<scalar_t>(out.weight_sn[i]);
+      layer.u_out = output_ptr<scalar_t>(out.u[i]);
+      layer.v_out = output_ptr<scalar_t>(out.v[i]);
+      layer.sigma = out.sigma[i].mutable_data_ptr<acc_t>();
+      layer.work_u = work_ptr;
+      layer.work_v = work_ptr + layer.rows;
+      work_ptr += layer.rows + layer.cols;
+      layers.push_back(layer);
+    }
+    const auto table = upload(layers, weight_mats[0].device());
+    check_launch(
+        cuda_kernels::spectral_norm_forward<T>(
+            reinterpret_cast<const cuda_kernels::SpectralNormForwardLayer<T>*>(table.const_data_ptr<uint8_t>()),
+            static_cast<int64_t>(layers.size()), n_power_iterations, eps, at::cuda::getCurrentCUDAStream()),
+        op);
+  });
+  return {out.weight_sn, out.u, out.v, out.sigma};
+}
+
+std::vector<at::Tensor> spectral_norm_group_backward_cuda(
+    at::TensorList grads, at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in,
+    at::TensorList sigmas) {
+  static constexpr const char* op = "ganops::spectral_norm_group_backward_cpp";
+  check_spectral_norm_group(op, weight_mats, us_in, vs_in);
+  TORCH_CHECK(
+      grads.size() == weight_mats.size() && sigmas.size() == weight_mats.size(), op,
+      ": grads and sigmas must have one entry per weight");
+  const c10::cuda::CUDAGuard guard(weight_mats[0].device());
+  std::vector<at::Tensor> us, vs, out;
+  for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+    check_spectral_norm_backward_layer(op, grads[i], weight_mats[i], us_in[i], vs_in[i], sigmas[i]);
+    us.push_back(us_in[i].contiguous());
+    vs.push_back(vs_in[i].contiguous());
+    out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
+    using T = cuda_type_t<scalar_t>;
+    using acc_t = cuda_kernels::sn_acc_type<T>;
+    std::vector<cuda_kernels::SpectralNormBackwardLayer<T>> layers;
+    for (std::size_t i = 0; i < weight_mats.size(); ++i) {
+      const auto& w = weight_mats[i];
+      cuda_kernels::SpectralNormBackwardLayer<T> layer{};
+      layer.grad = input_ptr<scalar_t>(grads[i]);
+      layer.grad_row_stride = grads[i].stride(0);
+      layer.grad_col_stride = grads[i].stride(1);
+      layer.weight = input_ptr<scalar_t>(w);
+      layer.row_stride = w.stride(0);
+      layer.col_stride = w.stride(1);
+      layer.rows = w.size(0);
+      layer.cols = w.size(1);
+      layer.u = input_ptr<scalar_t>(us[i]);
+      layer.v = input_ptr<scalar_t>(vs[i]);
+      layer.sigma = sigmas[i].const_data_ptr<acc_t>();
+      layer.grad_weight = output_ptr<scalar_t>(out[i]);
+      layers.push_back(layer);
+    }
+    const auto table = upload(layers, weight_mats[0].device());
+    check_launch(
+        cuda_kernels::spectral_norm_backward<T>(
+            reinterpret_cast<const cuda_kernels::SpectralNormBackwardLayer<T>*>(table.const_data_ptr<uint8_t>()),
+            static_cast<int64_t>(layers.size()), at::cuda::getCurrentCUDAStream()),
+        op);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_cuda(
+    const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v, int64_t n_power_iterations,
+    double eps) {
+  auto [weight_sn, u_out, v_out, sigma] = spectral_norm_group_cuda({weight_mat}, {u}, {v}, n_power_iterations, eps);
+  return {weight_sn[0], u_out[0], v_out[0], sigma[0]};
+}
+
+at::Tensor spectral_norm_backward_cuda(
+    const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
+    const at::Tensor& sigma) {
+  return spectral_norm_group_backward_cuda({grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganops, CUDA, m) {
+  m.impl("spectral_norm_cpp", &spectral_norm_cuda);
+  m.impl("spectral_norm_backward_cpp", &spectral_norm_backward_cuda);
+  m.impl("spectral_norm_group_cpp", &spectral_norm_group_cuda);
+  m.impl("spectral_norm_group_backward_cpp", &spectral_norm_group_backward_cuda);
+}
+
+}  // namespace ganops

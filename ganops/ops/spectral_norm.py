@@ -1,0 +1,267 @@
+"""Fused spectral-norm ops: argument checks, torch.library registration of the Triton and C++ backends, and
+the functions that dispatch between them and the reference.
+
+Two ops per backend, each with its backward op:
+
+* ``spectral_norm_<backend>(weight_mat, u, v, n_power_iterations, eps) -> (W_sn, u, v, sigma)``, one layer;
+* ``spectral_norm_group_<backend>(weight_mats, us, vs, n_power_iterations, eps) -> (W_sns, us, vs, sigmas)``,
+  a list of layers of one dtype and device in one launch per direction (Triton, CUDA).
+
+``n_power_iterations = 0`` is eval mode: ``u`` and ``v`` are returned unchanged and ``sigma = u^T W v``.
+Only ``W_sn`` is differentiable (``u``, ``v``, ``sigma`` are marked non-differentiable: torch treats the
+vectors as constants); the backward ops are differentiable again through the reference formula.
+The math lives in ``ganops/reference/spectral_norm.py``; the kernels in ``triton_kernels/spectral_norm.py``,
+``csrc/cpu/spectral_norm.cpp`` and ``csrc/cuda/spectral_norm.cu``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ganops import _backend, _extension
+from ganops.reference import spectral_norm as reference
+
+OP_NAME = "spectral_norm"
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_hyperparameters(n_power_iterations: int, eps: float, caller: str, allow_zero_iterations: bool = False) -> None:
+    minimum = 0 if allow_zero_iterations else 1
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < minimum:
+        raise ValueError(f"{caller}: n_power_iterations must be an int >= {minimum}, got {n_power_iterations!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"{caller}: eps must be a non-negative float, got {eps!r}")
+
+
+def check_layer(weight_mat: Tensor, u: Tensor, v: Tensor, caller: str = "spectral_norm") -> None:
+    if not isinstance(weight_mat, Tensor) or weight_mat.dim() != 2:
+        shape = tuple(weight_mat.shape) if isinstance(weight_mat, Tensor) else type(weight_mat).__name__
+        raise ValueError(f"{caller}: weight_mat must be a 2-D tensor [R, C], got {shape}")
+    if weight_mat.dtype not in FLOATING_DTYPES:
+        raise TypeError(f"{caller}: weight_mat must have a floating dtype {FLOATING_DTYPES}, got {weight_mat.dtype}")
+    if weight_mat.numel() == 0:
+        raise ValueError(f"{caller}: weight_mat must not be empty, got shape {tuple(weight_mat.shape)}")
+    rows, cols = weight_mat.shape
+    for name, vector, size in (("u", u, rows), ("v", v, cols)):
+        if not isinstance(vector, Tensor) or vector.shape != (size,):
+            shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+            raise ValueError(f"{caller}: {name} must have shape ({size},) for weight_mat {tuple(weight_mat.shape)}, got {shape}")
+        if vector.dtype != weight_mat.dtype or vector.device != weight_mat.device:
+            raise TypeError(
+                f"{caller}: {name} must have weight_mat's dtype {weight_mat.dtype} and device {weight_mat.device}, "
+                f"got {vector.dtype} on {vector.device}"
+            )
+
+
+# ---------------------------------------------------------------- fake kernels (shapes of every backend)
+
+
+def _fake_forward(weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float):
+    sigma_dtype = reference.compute_dtype(weight_mat.dtype)
+    return (
+        weight_mat.new_empty(weight_mat.shape),
+        u.new_empty(u.shape),
+        v.new_empty(v.shape),
+        weight_mat.new_empty((), dtype=sigma_dtype),
+    )
+
+
+def _fake_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
+    return weight_mat.new_empty(weight_mat.shape)
+
+
+def _fake_group(weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float):
+    outputs = [_fake_forward(w, u, v, n_power_iterations, eps) for w, u, v in zip(weight_mats, us, vs)]
+    return tuple([layer[i] for layer in outputs] for i in range(4))
+
+
+def _fake_group_backward(grads, weight_mats, us, vs, sigmas) -> list[Tensor]:
+    return [w.new_empty(w.shape) for w in weight_mats]
+
+
+# ---------------------------------------------------------------- Triton ops
+
+
+@torch.library.custom_op("ganops::spectral_norm_triton", mutates_args=())
+def _triton_forward(
+    weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ganops.triton_kernels import spectral_norm as kernels
+
+    weight_sn, u_out, v_out, sigma = kernels.forward([weight_mat], [u], [v], n_power_iterations, eps)
+    return weight_sn[0], u_out[0], v_out[0], sigma[0]
+
+
+@torch.library.custom_op("ganops::spectral_norm_backward_triton", mutates_args=())
+def _triton_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
+    from ganops.triton_kernels import spectral_norm as kernels
+
+    return kernels.backward([grad_sn], [weight_mat], [u], [v], [sigma])[0]
+
+
+@torch.library.custom_op("ganops::spectral_norm_group_triton", mutates_args=())
+def _triton_group(
+    weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    from ganops.triton_kernels import spectral_norm as kernels
+
+    return kernels.forward(weight_mats, us, vs, n_power_iterations, eps)
+
+
+@torch.library.custom_op("ganops::spectral_norm_group_backward_triton", mutates_args=())
+def _triton_group_backward(
+    grads: list[Tensor], weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor]
+) -> list[Tensor]:
+    from ganops.triton_kernels import spectral_norm as kernels
+
+    return kernels.backward(grads, weight_mats, us, vs, sigmas)
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _reference_backward_vjp(grad_sn, weight_mat, u, v, grad_of_grad_w):
+    """Gradients of the backward formula w.r.t. ``grad_sn`` and ``weight_mat`` (double backward)."""
+    _, vjp = torch.func.vjp(lambda g, w: reference.spectral_norm_backward(g, w, u, v), grad_sn, weight_mat)
+    return vjp(grad_of_grad_w)
+
+
+def _op(name: str):
+    return getattr(torch.ops.ganops, name).default
+
+
+def _register(suffix: str) -> None:
+    forward, backward = f"ganops::spectral_norm_{suffix}", f"ganops::spectral_norm_backward_{suffix}"
+    group, group_backward = f"ganops::spectral_norm_group_{suffix}", f"ganops::spectral_norm_group_backward_{suffix}"
+    for name, fake in (
+        (forward, _fake_forward), (backward, _fake_backward), (group, _fake_group), (group_backward, _fake_group_backward)
+    ):
+        torch.library.register_fake(name, fake)
+    backward_op = _op(f"spectral_norm_backward_{suffix}")
+    group_backward_op = _op(f"spectral_norm_group_backward_{suffix}")
+
+    def save_forward(ctx, inputs, output):
+        weight_sn, u, v, sigma = output
+        ctx.mark_non_differentiable(u, v, sigma)
+        ctx.save_for_backward(inputs[0], u, v, sigma)
+
+    def gradient_of_forward(ctx, grad_sn, *unused):
+        weight_mat, u, v, sigma = ctx.saved_tensors
+        return backward_op(grad_sn, weight_mat, u, v, sigma), None, None, None, None
+
+    def save_backward(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:4])
+
+    def gradient_of_backward(ctx, grad_of_grad_w):
+        grad_sn, weight_mat, u, v = ctx.saved_tensors
+        grad_grad_sn, grad_weight = _reference_backward_vjp(grad_sn, weight_mat, u, v, grad_of_grad_w)
+        return grad_grad_sn, grad_weight, None, None, None
+
+    def save_group(ctx, inputs, output):
+        weight_sns, us, vs, sigmas = output
+        ctx.mark_non_differentiable(*us, *vs, *sigmas)
+        ctx.layers = len(us)
+        ctx.save_for_backward(*inputs[0], *us, *vs, *sigmas)
+
+    def gradient_of_group(ctx, grad_sns, *unused):
+        saved = ctx.saved_tensors
+        layers = ctx.layers
+        weight_mats, us, vs, sigmas = (list(saved[i * layers : (i + 1) * layers]) for i in range(4))
+        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_sns, weight_mats)]
+        no_grads = [None] * layers
+        return group_backward_op(grads, weight_mats, us, vs, sigmas), no_grads, no_grads, None, None
+
+    def save_group_backward(ctx, inputs, output):
+        grads, weight_mats, us, vs, _ = inputs
+        ctx.layers = len(us)
+        ctx.save_for_backward(*grads, *weight_mats, *us, *vs)
+
+    def gradient_of_group_backward(ctx, grads_of_grad_w):
+        saved = ctx.saved_tensors
+        layers = ctx.layers
+        grads, weight_mats, us, vs = (saved[i * layers : (i + 1) * layers] for i in range(4))
+        pairs = [
+            _reference_backward_vjp(g, w, u, v, gg)
+            for g, w, u, v, gg in zip(grads, weight_mats, us, vs, grads_of_grad_w)
+        ]
+        no_grads = [None] * layers
+        return [p[0] for p in pairs], [p[1] for p in pairs], no_grads, no_grads, no_grads
+
+    torch.library.register_autograd(forward, gradient_of_forward, setup_context=save_forward)
+    torch.library.register_autograd(backward, gradient_of_backward, setup_context=save_backward)
+    torch.library.register_autograd(group, gradient_of_group, setup_context=save_group)
+    torch.library.register_autograd(group_backward, gradient_of_group_backward, setup_context=save_group_backward)
+
+
+_register("triton")
+if _extension.is_loaded():
+    _register("cpp")
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def fused_spectral_norm(
+    weight_mat: Tensor,
+    u: Tensor,
+    v: Tensor,
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer: ``n_power_iterations`` power iterations from ``(u, v)``, then ``W / sigma``.
+
+    Args:
+        weight_mat: ``[R, C]`` floating weight matrix (any strides); differentiable.
+        u, v: ``[R]`` and ``[C]`` vectors of ``weight_mat``'s dtype; treated as constants.
+        n_power_iterations: iterations to run; 0 (eval mode) keeps ``u`` and ``v``.
+        eps: ``normalize(x) = x / max(||x||, eps)``.
+        backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"`` (see :func:`ganops.use_backend`).
+
+    Returns:
+        ``(W_sn [R, C], u_new, v_new, sigma)``; ``sigma`` is 0-dim, float64 for float64 weights, else float32.
+        Never aliases its inputs: callers copy ``u_new``/``v_new`` into their buffers.
+    """
+    check_layer(weight_mat, u, v)
+    check_hyperparameters(n_power_iterations, eps, "spectral_norm", allow_zero_iterations=True)
+    chosen = _backend.select(OP_NAME, weight_mat.device.type, backend)
+    if chosen == "reference":
+        return reference.spectral_norm(weight_mat, u, v, n_power_iterations, eps)
+    return _op(f"spectral_norm_{chosen}")(weight_mat, u, v, n_power_iterations, float(eps))
+
+
+def fused_spectral_norm_group(
+    weight_mats: list[Tensor],
+    us: list[Tensor],
+    vs: list[Tensor],
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    *,
+    backend: str | None = None,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """:func:`fused_spectral_norm` for many layers, one kernel launch per (dtype, device) and direction."""
+    if not (len(weight_mats) == len(us) == len(vs)) or not weight_mats:
+        raise ValueError(
+            f"spectral_norm_group: weight_mats, us and vs must be non-empty lists of one length, got "
+            f"{len(weight_mats)}, {len(us)}, {len(vs)}"
+        )
+    for w, u, v in zip(weight_mats, us, vs):
+        check_layer(w, u, v, caller="spectral_norm_group")
+    check_hyperparameters(n_power_iterations, eps, "spectral_norm_group", allow_zero_iterations=True)
+    results: list = [None] * len(weight_mats)
+    buckets: dict[tuple, list[int]] = {}
+    for index, w in enumerate(weight_mats):
+        buckets.setdefault((w.device, w.dtype), []).append(index)
+    for (device, _), indices in buckets.items():
+        chosen = _backend.select(OP_NAME, device.type, backend)
+        ws, bu, bv = ([seq[i] for i in indices] for seq in (weight_mats, us, vs))
+        if chosen == "reference":
+            outputs = [reference.spectral_norm(w, u, v, n_power_iterations, eps) for w, u, v in zip(ws, bu, bv)]
+        else:
+            grouped = _op(f"spectral_norm_group_{chosen}")(ws, bu, bv, n_power_iterations, float(eps))
+            outputs = list(zip(*grouped))
+        for index, output in zip(indices, outputs):
+            results[index] = output
+    return tuple([layer[i] for layer in results] for i in range(4))

@@ -1,0 +1,364 @@
+"""Spectral normalization as a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``.
+
+* :func:`spectral_norm` registers a :class:`SpectralNorm` parametrization with torch's own
+  ``torch.nn.utils.parametrize`` machinery: same arguments, defaults, RNG draws, 15 initial power iterations,
+  ``n_power_iterations`` per training forward, none in eval mode, and the same ``state_dict`` keys
+  (``parametrizations.weight.original``, ``parametrizations.weight.0._u``, ``..._v``), so checkpoints load
+  both ways. Each forward is one fused op (power iteration, ``sigma``, ``W / sigma``).
+* Unlike torch, ``_u`` and ``_v`` are never saved for backward (the op saves its own outputs and the
+  buffers are overwritten with ``copy_`` under ``no_grad``), so using a module twice before one backward
+  (pytorch #66363), ``retain_graph`` double backward (#55368) and DDP's in-place buffer broadcast (#22095)
+  raise no in-place-modification errors; the module also compiles with ``torch.compile(fullgraph=True)``.
+* :class:`SpectralNormGroup` computes every ganops-normalised weight of a model in one grouped op per
+  (dtype, device, iterations, eps) before each forward of the model.
+* :func:`convert` swaps torch's parametrization, torch's old hook API (``torch.nn.utils.spectral_norm``,
+  used by StudioGAN) and BigGAN-PyTorch's ``SN`` layers for ganops's, keeping parameters (the same
+  ``Parameter`` objects, so optimizers keep working), buffers and eval outputs; ``revert=True`` gives
+  torch's parametrization back.
+
+Update order: torch's parametrization (and ganops) update ``u`` first, then ``v``; torch's old hook API and
+BigGAN-PyTorch update ``v`` from ``u`` first, then ``u``. Both converge to the same singular pair and eval
+outputs are identical after conversion, but training steps after :func:`convert` of a hook-API or BigGAN
+model follow the parametrization's order, so ``sigma`` differs from the original code's by the difference
+of one half-iteration of the power method.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
+from torch.nn.utils.spectral_norm import SpectralNorm as _TorchSpectralNormHook
+
+from ganops import _backend
+from ganops.ops.spectral_norm import check_hyperparameters, fused_spectral_norm, fused_spectral_norm_group
+from ganops.reference import spectral_norm as reference
+
+INITIAL_POWER_ITERATIONS = 15
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_CONVS, nn.Embedding)
+
+
+class SpectralNorm(nn.Module):
+    """The parametrization ``weight -> weight / sigma(weight)`` (see :func:`spectral_norm`)."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        n_power_iterations: int = 1,
+        dim: int = 0,
+        eps: float = 1e-12,
+        *,
+        backend: str | None = None,
+        vectors: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        check_hyperparameters(n_power_iterations, eps, "spectral_norm")
+        ndim = weight.ndim
+        if dim >= ndim or dim < -ndim:
+            raise IndexError(f"spectral_norm: dim must be in [-{ndim}, {ndim - 1}] for a weight of shape {tuple(weight.shape)}, got {dim}")
+        if backend is not None:
+            _backend.requested_backend(backend)
+        self.dim = dim if dim >= 0 else dim + ndim
+        self.eps = eps
+        self.n_power_iterations = n_power_iterations
+        self.backend = backend
+        # Set by SpectralNormGroup right before the model's forward, consumed by the next forward here.
+        self._pending: Tensor | None = None
+        if ndim > 1:
+            if vectors is None:
+                weight_mat = reference.weight_to_matrix(weight.detach(), self.dim)
+                u, v = reference.initial_vectors(weight_mat, eps)
+                _, u, v, _ = reference.spectral_norm(weight_mat, u, v, INITIAL_POWER_ITERATIONS, eps)
+                vectors = (u, v)
+            self.register_buffer("_u", vectors[0])
+            self.register_buffer("_v", vectors[1])
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return pending
+        weight_mat = reference.weight_to_matrix(weight, self.dim)
+        iterations = self.n_power_iterations if self.training else 0
+        weight_sn, u, v, _ = fused_spectral_norm(weight_mat, self._u, self._v, iterations, self.eps, backend=self.backend)
+        if self.training:
+            self.store_vectors(u, v)
+        return reference.matrix_to_weight(weight_sn, weight.shape, self.dim)
+
+    @torch.no_grad()
+    def store_vectors(self, u: Tensor, v: Tensor) -> None:
+        # In place, so that DataParallel replicas and DDP's buffer broadcast see one tensor; safe because
+        # no autograd graph ever saves the buffers themselves.
+        self._u.copy_(u)
+        self._v.copy_(v)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        return value
+
+    def extra_repr(self) -> str:
+        return f"n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
+
+
+def _default_dim(module: nn.Module) -> int:
+    return 1 if isinstance(module, _TRANSPOSED_CONVS) else 0
+
+
+def _check_not_normalised(module: nn.Module, name: str) -> None:
+    if parametrize.is_parametrized(module, name):
+        for existing in module.parametrizations[name]:
+            if isinstance(existing, (SpectralNorm, _TorchSpectralNorm)):
+                raise ValueError(
+                    f"spectral_norm: parameter {name!r} of {type(module).__name__} is already spectrally normalised "
+                    f"by {type(existing).__module__}.{type(existing).__name__}; remove it first or use ganops.convert"
+                )
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, _TorchSpectralNormHook) and hook.name == name:
+            raise ValueError(
+                f"spectral_norm: parameter {name!r} of {type(module).__name__} is already spectrally normalised by "
+                "torch.nn.utils.spectral_norm (old hook API); use ganops.convert to switch it to ganops"
+            )
+
+
+def spectral_norm(
+    module: nn.Module,
+    name: str = "weight",
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    dim: int | None = None,
+    *,
+    backend: str | None = None,
+) -> nn.Module:
+    """Spectrally normalise ``module``'s parameter ``name``; a drop-in for
+    ``torch.nn.utils.parametrizations.spectral_norm`` with the same arguments, defaults and state_dict.
+
+    Args:
+        module: the layer (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, or any module with a
+            floating parameter or buffer ``name``).
+        name: the parameter to normalise.
+        n_power_iterations: power iterations per forward in training mode (>= 1).
+        eps: ``normalize(x) = x / max(||x||, eps)``.
+        dim: the output dimension; default 1 for ConvTranspose, else 0.
+        backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"`` for the fused op; ``None`` defers
+            to :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
+
+    Returns:
+        ``module``, with a :class:`SpectralNorm` parametrization registered on ``name``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"spectral_norm: module must be a torch.nn.Module, got {type(module).__name__}")
+    weight = getattr(module, name, None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"spectral_norm: module {type(module).__name__} has no parameter or buffer named name={name!r}")
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"spectral_norm: the weight {name!r} must be floating point, got {weight.dtype}")
+    check_hyperparameters(n_power_iterations, eps, "spectral_norm")
+    _check_not_normalised(module, name)
+    if dim is None:
+        dim = _default_dim(module)
+    parametrize.register_parametrization(
+        module, name, SpectralNorm(weight, n_power_iterations, dim, eps, backend=backend)
+    )
+    return module
+
+
+def _ganops_parametrization(module: nn.Module, name: str) -> SpectralNorm | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if isinstance(p, SpectralNorm)), None)
+
+
+def remove_spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Remove ganops's spectral norm from ``module.name``, leaving the normalised weight as a plain parameter
+    (like ``torch.nn.utils.parametrize.remove_parametrizations(module, name)``; in training mode this runs
+    one more power iteration, as torch does)."""
+    if _ganops_parametrization(module, name) is None:
+        raise ValueError(f"remove_spectral_norm: parameter name={name!r} of {type(module).__name__} has no ganops spectral norm")
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return module
+
+
+class SpectralNormGroup:
+    """Computes every ganops spectral norm of ``model`` in a few grouped launches per forward of ``model``.
+
+    A forward pre-hook on ``model`` runs one grouped op per (dtype, device, iterations, eps) over all layers
+    whose only parametrization is ganops's spectral norm, updates their ``_u``/``_v`` (training mode) and
+    hands each layer its ``W / sigma``; the grouped op's backward computes every layer's gradient in one
+    launch too. A forward hook drops results a layer did not use. Train/eval mode is read per layer.
+    Every layer is updated once per forward of ``model``, whether or not the forward uses it.
+
+    >>> group = ganops.SpectralNormGroup(discriminator)
+    >>> ...train as usual...
+    >>> group.remove()
+    """
+
+    def __init__(self, model: nn.Module, *, backend: str | None = None) -> None:
+        if backend is not None:
+            _backend.requested_backend(backend)
+        self.backend = backend
+        self.layers: list[tuple[nn.Module, str, SpectralNorm]] = []
+        for module in model.modules():
+            for name, plist in getattr(module, "parametrizations", {}).items():
+                if len(plist) == 1 and isinstance(plist[0], SpectralNorm) and plist.original.ndim > 1:
+                    self.layers.append((module, name, plist[0]))
+        if not self.layers:
+            raise ValueError(f"SpectralNormGroup: model {type(model).__name__} has no ganops spectral norm to group")
+        self._handles = [
+            model.register_forward_pre_hook(self._before_forward),
+            model.register_forward_hook(self._after_forward),
+        ]
+
+    def update(self) -> None:
+        """Compute all layers now (what the pre-hook does)."""
+        buckets: dict[tuple, list[int]] = {}
+        for index, (_, _, sn) in enumerate(self.layers):
+            iterations = sn.n_power_iterations if sn.training else 0
+            buckets.setdefault((iterations, sn.eps), []).append(index)
+        for (iterations, eps), indices in buckets.items():
+            originals = [self.layers[i][0].parametrizations[self.layers[i][1]].original for i in indices]
+            norms = [self.layers[i][2] for i in indices]
+            mats = [reference.weight_to_matrix(w, sn.dim) for w, sn in zip(originals, norms)]
+            weight_sns, us, vs, _ = fused_spectral_norm_group(
+                mats, [sn._u for sn in norms], [sn._v for sn in norms], iterations, eps, backend=self.backend
+            )
+            for sn, weight, weight_sn, u, v in zip(norms, originals, weight_sns, us, vs):
+                if sn.training:
+                    sn.store_vectors(u, v)
+                sn._pending = reference.matrix_to_weight(weight_sn, weight.shape, sn.dim)
+
+    def clear(self) -> None:
+        for _, _, sn in self.layers:
+            sn._pending = None
+
+    def _before_forward(self, model, args) -> None:
+        self.update()
+
+    def _after_forward(self, model, args, output) -> None:
+        self.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.clear()
+
+
+# ---------------------------------------------------------------- convert
+
+
+def _replace_torch_parametrization(module: nn.Module, name: str, backend: str | None) -> None:
+    plist = module.parametrizations[name]
+    for index, existing in enumerate(plist):
+        if not isinstance(existing, _TorchSpectralNorm):
+            continue
+        if hasattr(existing, "_u"):
+            replacement = SpectralNorm(
+                plist.original, existing.n_power_iterations, existing.dim, existing.eps,
+                backend=backend, vectors=(existing._u, existing._v),
+            )
+        else:
+            # A 1-D weight: plain normalisation, no vectors.
+            replacement = SpectralNorm(plist.original, 1, existing.dim, existing.eps, backend=backend)
+        replacement.train(existing.training)
+        plist[index] = replacement
+
+
+def _register_keeping_vectors(module: nn.Module, name: str, sn: SpectralNorm) -> None:
+    """register_parametrization evaluates the parametrization once, in the module's mode: in eval mode that
+    leaves the converted vectors as they are."""
+    training = module.training
+    module.train(False)
+    parametrize.register_parametrization(module, name, sn)
+    module.train(training)
+
+
+def _replace_hook(module: nn.Module, hook_id: int, hook: _TorchSpectralNormHook, backend: str | None) -> None:
+    name = hook.name
+    original = getattr(module, name + "_orig")
+    u, v = getattr(module, name + "_u"), getattr(module, name + "_v")
+    del module._forward_pre_hooks[hook_id]
+    # The hook API also keeps state_dict hooks that rename keys; they go with it (as in its own remover).
+    for hooks in (module._state_dict_hooks, module._load_state_dict_pre_hooks):
+        for key, state_hook in list(hooks.items()):
+            unwrapped = getattr(state_hook, "hook", state_hook)
+            if isinstance(getattr(unwrapped, "fn", None), _TorchSpectralNormHook) and unwrapped.fn.name == name:
+                del hooks[key]
+    for suffix in ("", "_orig", "_u", "_v"):
+        delattr(module, name + suffix)
+    module.register_parameter(name, original)
+    sn = SpectralNorm(original, hook.n_power_iterations, hook.dim, hook.eps, backend=backend, vectors=(u, v))
+    _register_keeping_vectors(module, name, sn)
+
+
+def _is_biggan_sn(module: nn.Module) -> bool:
+    return all(hasattr(module, attr) for attr in ("num_svs", "num_itrs", "u0", "sv0", "W_"))
+
+
+def _replace_biggan(module: nn.Module, backend: str | None) -> None:
+    if getattr(module, "transpose", False):
+        raise ValueError(f"convert: BigGAN-PyTorch SN layers with transpose=True are not supported ({type(module).__name__})")
+    base = next((cls for cls in type(module).__mro__ if cls in _PLAIN_LAYERS), None)
+    if base is None:
+        raise ValueError(f"convert: BigGAN-PyTorch SN layer {type(module).__name__} is not a Linear, Conv or Embedding")
+    weight = module.weight
+    eps = module.eps
+    # BigGAN keeps only u; its eval output is one power iteration from it (v first, then u): computing that
+    # iteration here gives the (u, v) whose u^T W v is exactly BigGAN's eval sigma.
+    with torch.no_grad():
+        weight_mat = weight.view(weight.shape[0], -1)
+        v = F.normalize(torch.mm(module.u0, weight_mat), eps=eps)
+        u = F.normalize(torch.mm(v, weight_mat.t()), eps=eps)
+    iterations = module.num_itrs
+    for index in range(module.num_svs):
+        delattr(module, f"u{index}")
+        delattr(module, f"sv{index}")
+    for attr in ("num_svs", "num_itrs", "num_outputs", "transpose", "eps"):
+        if attr in module.__dict__:
+            delattr(module, attr)
+    module.__class__ = base
+    sn = SpectralNorm(weight, iterations, 0, eps, backend=backend, vectors=(u[0].clone(), v[0].clone()))
+    _register_keeping_vectors(module, "weight", sn)
+
+
+def _revert(module: nn.Module, name: str) -> None:
+    plist = module.parametrizations[name]
+    for index, existing in enumerate(plist):
+        if isinstance(existing, SpectralNorm):
+            torch_sn = _TorchSpectralNorm.__new__(_TorchSpectralNorm)
+            nn.Module.__init__(torch_sn)
+            torch_sn.dim, torch_sn.eps = existing.dim, existing.eps
+            if hasattr(existing, "_u"):
+                torch_sn.n_power_iterations = existing.n_power_iterations
+                torch_sn.register_buffer("_u", existing._u)
+                torch_sn.register_buffer("_v", existing._v)
+            torch_sn.train(existing.training)
+            plist[index] = torch_sn
+
+
+def convert(model: nn.Module, revert: bool = False, *, backend: str | None = None) -> nn.Module:
+    """Swap the spectral norms of ``model`` (in place) for ganops's, or back with ``revert=True``.
+
+    Converted: torch's parametrization (state_dict keys unchanged), torch's old hook API
+    ``torch.nn.utils.spectral_norm`` (keys ``weight_orig/_u/_v`` become torch's parametrization keys; its
+    ``eps``, ``dim`` and iterations are kept) and BigGAN-PyTorch's ``SN`` layers (``SNConv2d``, ``SNLinear``,
+    ``SNEmbedding``: buffers ``u0``/``sv0`` dropped, the module becomes its torch base class). Parameters
+    stay the same objects. ``revert=True`` turns every ganops spectral norm into torch's parametrization.
+    See the module docstring for the difference in update order.
+    """
+    if backend is not None:
+        _backend.requested_backend(backend)
+    for module in list(model.modules()):
+        if revert:
+            for name in list(getattr(module, "parametrizations", {}).keys()):
+                _revert(module, name)
+            continue
+        for name in list(getattr(module, "parametrizations", {}).keys()):
+            _replace_torch_parametrization(module, name, backend)
+        for hook_id, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _TorchSpectralNormHook):
+                _replace_hook(module, hook_id, hook, backend)
+        if _is_biggan_sn(module):
+            _replace_biggan(module, backend)
+    return model
