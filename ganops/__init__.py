@@ -6,6 +6,7 @@ then unavailable (``python -m ganops info`` says why).
 
 from ganops import nn
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
+from ganops.ops.attention import attention
 from ganops.ops.minibatch_stddev import minibatch_stddev
 from ganops.spectral_norm import SpectralNormGroup, convert, remove_spectral_norm, spectral_norm
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "SpectralNormGroup",
+    "attention",
     "convert",
     "minibatch_stddev",
     "nn",

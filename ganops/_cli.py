@@ -12,7 +12,7 @@ import torch
 
 from ganops import _backend, _extension, _triton
 
-OPS = ("minibatch_stddev", "spectral_norm")
+OPS = ("minibatch_stddev", "spectral_norm", "attention")
 
 
 def _version(module: str) -> str:
@@ -67,6 +67,10 @@ def benchmarks_folder() -> Path:
 def run_benchmarks(args: argparse.Namespace) -> int:
     folder = benchmarks_folder()
     sys.path.insert(0, str(folder.parent))
+    if getattr(args, "e2e", False):
+        from benchmarks import e2e
+
+        return e2e.main(args)
     from benchmarks import run
 
     return run.main(args)

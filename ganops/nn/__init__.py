@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ganops.attention_block import SelfAttention2d, convert_state_dict, self_attention_2d
 from ganops.nn import utils
 from ganops.ops.minibatch_stddev import check_hyperparameters, minibatch_stddev
 from ganops.spectral_norm import SpectralNorm
 
-__all__ = ["MinibatchStdDev", "SpectralNorm", "utils"]
+__all__ = ["MinibatchStdDev", "SelfAttention2d", "SpectralNorm", "convert_state_dict", "self_attention_2d", "utils"]
 
 
 class MinibatchStdDev(nn.Module):

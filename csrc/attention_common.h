@@ -1,0 +1,89 @@
+// Input checks and output allocation of the attention ops, shared by the CPU kernels and the CUDA
+// binding so that both backends reject the same inputs with the same messages.
+//
+// Contract (ganops/ops/attention.py relies on it): q [B, Nq, Dqk], k [B, Nk, Dqk], v [B, Nk, Dv], all
+// contiguous, one floating dtype; lse [B, Nq] in the accumulation dtype (float64 for float64 inputs,
+// float32 otherwise).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cmath>
+
+namespace ganops {
+
+struct AttentionSizes {
+  int64_t batch, queries, keys, qk_dim, v_dim;
+};
+
+// The dtype the kernels accumulate in, and the dtype of lse.
+inline at::ScalarType attention_accumulate_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_attention_tensor(
+    const char* op, const char* name, const char* layout, const at::Tensor& t, const at::Tensor& q) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
+  TORCH_CHECK(t.dim() == 3, op, ": ", name, " must be a 3-D tensor ", layout, ", got shape ", t.sizes());
+  TORCH_CHECK(
+      t.scalar_type() == q.scalar_type(), op, ": ", name, " must have the dtype of q (", q.scalar_type(), "), got ",
+      t.scalar_type());
+  TORCH_CHECK(
+      t.device() == q.device(), op, ": ", name, " must be on the device of q (", q.device(), "), got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
+}
+
+inline AttentionSizes check_attention_inputs(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  TORCH_CHECK(q.defined(), op, ": q is an undefined tensor");
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+      ": q must have dtype float64, float32, float16 or bfloat16, got ", dtype);
+  check_attention_tensor(op, "q", "[B, Nq, Dqk]", q, q);
+  check_attention_tensor(op, "k", "[B, Nk, Dqk]", k, q);
+  check_attention_tensor(op, "v", "[B, Nk, Dv]", v, q);
+  const AttentionSizes sizes{q.size(0), q.size(1), k.size(1), q.size(2), v.size(2)};
+  TORCH_CHECK(
+      k.size(0) == sizes.batch && k.size(2) == sizes.qk_dim, op,
+      ": k must have the batch size and head dim of q ([B, Nk, Dqk] with B = ", sizes.batch,
+      ", Dqk = ", sizes.qk_dim, "), got shape ", k.sizes());
+  TORCH_CHECK(
+      v.size(0) == sizes.batch && v.size(1) == sizes.keys, op,
+      ": v must have the batch size of q and the key count of k ([B, Nk, Dv] with B = ", sizes.batch, ", Nk = ",
+      sizes.keys, "), got shape ", v.sizes());
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  return sizes;
+}
+
+// The forward's inputs plus grad_out and out [B, Nq, Dv] in the input dtype and lse [B, Nq] in the
+// accumulation dtype.
+inline AttentionSizes check_attention_backward_inputs(
+    const char* op, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, double scale) {
+  const AttentionSizes sizes = check_attention_inputs(op, q, k, v, scale);
+  check_attention_tensor(op, "grad_out", "[B, Nq, Dv]", grad_out, q);
+  check_attention_tensor(op, "out", "[B, Nq, Dv]", out, q);
+  // Arrays own their elements; an IntArrayRef built from a braced list would dangle.
+  const std::array<int64_t, 3> out_dims{sizes.batch, sizes.queries, sizes.v_dim};
+  const at::IntArrayRef out_shape(out_dims);
+  TORCH_CHECK(
+      grad_out.sizes() == out_shape, op, ": grad_out must have shape [B, Nq, Dv] = ", out_shape, ", got ",
+      grad_out.sizes());
+  TORCH_CHECK(out.sizes() == out_shape, op, ": out must have shape [B, Nq, Dv] = ", out_shape, ", got ", out.sizes());
+  TORCH_CHECK(lse.defined(), op, ": lse is an undefined tensor");
+  const std::array<int64_t, 2> lse_dims{sizes.batch, sizes.queries};
+  const at::IntArrayRef lse_shape(lse_dims);
+  TORCH_CHECK(lse.sizes() == lse_shape, op, ": lse must have shape [B, Nq] = ", lse_shape, ", got ", lse.sizes());
+  const auto lse_dtype = attention_accumulate_type(q.scalar_type());
+  TORCH_CHECK(
+      lse.scalar_type() == lse_dtype, op, ": lse must have dtype ", lse_dtype, " (as returned by the forward for ",
+      q.scalar_type(), " inputs), got ", lse.scalar_type());
+  TORCH_CHECK(
+      lse.device() == q.device(), op, ": lse must be on the device of q (", q.device(), "), got ", lse.device());
+  TORCH_CHECK(lse.is_contiguous(), op, ": lse must be contiguous, got strides ", lse.strides());
+  return sizes;
+}
+
+}  // namespace ganops

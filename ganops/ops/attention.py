@@ -1,0 +1,252 @@
+"""``ganops.attention``: argument checks, torch.library registration of the Triton and C++ backends, and the
+public function. The math lives in ``ganops/reference/attention.py``; the kernels in
+``triton_kernels/attention.py``, ``csrc/cpu/attention.cpp`` and ``csrc/cuda/attention.cu``.
+
+Each backend is a chain of three ops, each the gradient of the one before:
+
+* ``attention_<b>(q, k, v, scale, ...) -> (out, lse)``; ``lse`` (log-sum-exp per query, float32 or float64)
+  is saved for the backward and is not differentiable;
+* ``attention_backward_<b>(grad_out, q, k, v, out, lse, scale, ...) -> (grad_q, grad_k, grad_v)``;
+* a double backward ``(gg_q, gg_k, gg_v, grad_out, q, k, v, out, lse, scale, ...) -> (grad of grad_out,
+  grad_q, grad_k, grad_v)``: the Triton kernels for ``triton``; for ``cpp`` the blockwise reference
+  (``attention_double_backward_blockwise``), which is O(N) in memory as well.
+
+``out`` and ``lse`` enter the backward ops only as cached functions of ``(q, k, v)``: the gradient of a
+backward op is its full derivative with respect to ``(grad_out, q, k, v)`` and nothing flows through ``out``
+or ``lse`` (it would be counted twice). Third derivatives are the vector-Jacobian product of the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ganops import _backend, _extension
+from ganops.reference import attention as reference
+
+OP_NAME = "attention"
+_FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> float:
+    """Raise a clear error for bad arguments; return the scale to use (``1/sqrt(Dqk)`` by default)."""
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(value).__name__}")
+    expected = {"q": "[..., Nq, Dqk]", "k": "[..., Nk, Dqk]", "v": "[..., Nk, Dv]"}
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        if value.dim() < 2:
+            raise ValueError(
+                f"attention: {name} must have at least 2 dimensions {expected[name]}, got shape {tuple(value.shape)}"
+            )
+        if value.dtype not in _FLOATING_DTYPES:
+            raise TypeError(f"attention: {name} must have a floating dtype {_FLOATING_DTYPES}, got {value.dtype}")
+        if value.numel() == 0:
+            raise ValueError(f"attention: {name} must have no empty dimension, got shape {tuple(value.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"attention: q, k and v must have the same dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"attention: q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    for name, value in (("k", k), ("v", v)):
+        if value.shape[:-2] != q.shape[:-2]:
+            raise ValueError(
+                f"attention: {name} must have the leading (batch) dims of q {tuple(q.shape[:-2])}, "
+                f"got shape {tuple(value.shape)}"
+            )
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"attention: k must have the head dim of q, Dqk={q.shape[-1]}, as its last dim; got shape {tuple(k.shape)}"
+        )
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"attention: v must have one row per key, Nk={k.shape[-2]}, in dim -2; got shape {tuple(v.shape)}"
+        )
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be a finite float or None, got {scale!r}")
+    return float(scale)
+
+
+def _lse_dtype(q: Tensor) -> torch.dtype:
+    return reference.compute_dtype(q)
+
+
+def _fake_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, *attributes) -> tuple[Tensor, Tensor]:
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    return out, q.new_empty(q.shape[:2], dtype=_lse_dtype(q))
+
+
+def _fake_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, *attributes):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fake_double_backward(
+    grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, *attributes,
+):
+    return grad_out.new_empty(grad_out.shape), q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.custom_op("ganops::attention_triton", mutates_args=())
+def _triton_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool) -> tuple[Tensor, Tensor]:
+    from ganops.triton_kernels import attention as kernels
+
+    return kernels.forward(q, k, v, scale, allow_tf32)
+
+
+@torch.library.custom_op("ganops::attention_backward_triton", mutates_args=())
+def _triton_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    from ganops.triton_kernels import attention as kernels
+
+    return kernels.backward(grad_out, q, k, v, out, lse, scale, allow_tf32)
+
+
+@torch.library.custom_op("ganops::attention_double_backward_triton", mutates_args=())
+def _triton_double_backward(
+    grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ganops.triton_kernels import attention as kernels
+
+    return kernels.double_backward(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32)
+
+
+@torch.library.custom_op("ganops::attention_double_backward_blockwise", mutates_args=())
+def _blockwise_double_backward(
+    grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    results = reference.attention_double_backward(
+        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale
+    )
+    return tuple(result.contiguous() for result in results)
+
+
+def _op(qualified_name: str):
+    namespace, name = qualified_name.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default
+
+
+def _third_order_vjp(saved: tuple[Tensor, ...], scale: float, grads: tuple[Tensor, ...]):
+    _, vjp = torch.func.vjp(
+        lambda *tensors: reference.attention_double_backward_from_inputs(*tensors, scale), *saved
+    )
+    return vjp(tuple(grads))
+
+
+def _register_chain(forward: str, backward: str, double_backward: str, num_attributes: int, contiguous: bool) -> None:
+    """Autograd for one backend's three ops (module docstring); ``contiguous``: the ops need contiguous inputs."""
+    backward_op, double_backward_op = _op(backward), _op(double_backward)
+    no_grads = (None,) * num_attributes
+
+    def prepare(tensor: Tensor) -> Tensor:
+        return tensor.contiguous() if contiguous else tensor
+
+    def setup_forward(ctx, inputs, output) -> None:
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(*inputs[:3], out, lse)
+        ctx.attributes = tuple(inputs[3:])
+
+    def gradient_of_forward(ctx, grad_out, _grad_lse):
+        grads = backward_op(prepare(grad_out), *ctx.saved_tensors, *ctx.attributes)
+        return (*grads, *no_grads)
+
+    def setup_backward(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:6])
+        ctx.attributes = tuple(inputs[6:])
+
+    def gradient_of_backward(ctx, grad_grad_q, grad_grad_k, grad_grad_v):
+        cotangents = (prepare(grad_grad_q), prepare(grad_grad_k), prepare(grad_grad_v))
+        grads = double_backward_op(*cotangents, *ctx.saved_tensors, *ctx.attributes)
+        return (*grads, None, None, *no_grads)  # nothing flows through out and lse
+
+    def setup_double_backward(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:7])
+        ctx.attributes = tuple(inputs[9:])
+
+    def gradient_of_double_backward(ctx, *grads):
+        return (*_third_order_vjp(ctx.saved_tensors, ctx.attributes[0], grads), None, None, *no_grads)
+
+    torch.library.register_autograd(forward, gradient_of_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, gradient_of_backward, setup_context=setup_backward)
+    torch.library.register_autograd(double_backward, gradient_of_double_backward, setup_context=setup_double_backward)
+
+
+def cpp_ops_available() -> bool:
+    """Whether the compiled extension has the attention kernels (an extension built before them has not)."""
+    return _extension.is_loaded() and hasattr(torch.ops.ganops, "attention_cpp")
+
+
+for _name, _fake in (
+    ("ganops::attention_triton", _fake_forward),
+    ("ganops::attention_backward_triton", _fake_backward),
+    ("ganops::attention_double_backward_triton", _fake_double_backward),
+    ("ganops::attention_double_backward_blockwise", _fake_double_backward),
+):
+    torch.library.register_fake(_name, _fake)
+_register_chain(
+    "ganops::attention_triton", "ganops::attention_backward_triton", "ganops::attention_double_backward_triton",
+    num_attributes=2, contiguous=False,
+)
+if cpp_ops_available():
+    torch.library.register_fake("ganops::attention_cpp", _fake_forward)
+    torch.library.register_fake("ganops::attention_backward_cpp", _fake_backward)
+    _register_chain(
+        "ganops::attention_cpp", "ganops::attention_backward_cpp", "ganops::attention_double_backward_blockwise",
+        num_attributes=1, contiguous=True,
+    )
+
+
+def _flatten_batch(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None = None,
+    *,
+    allow_tf32: bool | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """``softmax(q @ k^T * scale) @ v``, fused: never holds the ``Nq x Nk`` matrix, in any derivative order.
+
+    Unlike SDPA's fused kernels, the query/key width may differ from the value width, ``Nq`` from ``Nk``, and
+    the result is differentiable to any order (double backward for WGAN-GP / R1 is fused and O(N) in memory).
+
+    Args:
+        q: ``[..., Nq, Dqk]`` queries; float16, bfloat16, float32 or float64.
+        k: ``[..., Nk, Dqk]`` keys, same leading dims and dtype as ``q``.
+        v: ``[..., Nk, Dv]`` values.
+        scale: logit scale; ``None`` means ``1/sqrt(Dqk)`` like SDPA (SAGAN/BigGAN use ``1.0``).
+        allow_tf32: float32 dots of the Triton kernels on tf32 tensor cores (about 1e-3 relative error);
+            ``None`` follows ``torch.backends.cuda.matmul.allow_tf32``.
+        backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; ``None`` defers to
+            :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
+
+    Returns:
+        ``[..., Nq, Dv]`` tensor of ``q``'s dtype.
+    """
+    scale = check_arguments(q, k, v, scale)
+    chosen = _backend.select(OP_NAME, q.device.type, backend)
+    if chosen == "reference":
+        return reference.attention(q, k, v, scale)
+    q3, k3, v3 = _flatten_batch(q), _flatten_batch(k), _flatten_batch(v)
+    if chosen == "cpp":
+        if not cpp_ops_available():
+            raise RuntimeError(
+                "ganops.attention: backend 'cpp' is unavailable: the compiled extension ganops._C has no attention "
+                "kernels (rebuild it: python setup.py build_ext --inplace)"
+            )
+        out, _ = torch.ops.ganops.attention_cpp(q3.contiguous(), k3.contiguous(), v3.contiguous(), scale)
+    else:
+        tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else bool(allow_tf32)
+        out, _ = torch.ops.ganops.attention_triton(q3, k3, v3, scale, tf32)
+    return out.reshape(*q.shape[:-1], v.shape[-1])
