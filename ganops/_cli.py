@@ -12,7 +12,7 @@ import torch
 
 from ganops import _backend, _extension, _triton
 
-OPS = ("minibatch_stddev", "spectral_norm", "attention")
+OPS = ("minibatch_stddev", "spectral_norm", "attention", "gradient_penalty")
 
 
 def _version(module: str) -> str:

@@ -26,8 +26,8 @@ Where the names come from, for loading weights (see :func:`convert_state_dict`):
   ``s_ij = f(x_i)^T g(x_j)`` attends from position ``j``: the paper's ``g`` is ``theta`` here and its ``f`` is
   ``phi``, its ``h`` is ``g``.
 
-With ``spectral_norm=True`` each conv carries ``torch.nn.utils.parametrizations.spectral_norm`` (one power
-iteration per training step), so its weight lives at ``<name>.parametrizations.weight.original`` with the
+With ``spectral_norm=True`` each conv carries :func:`ganops.spectral_norm`, a drop-in for
+``torch.nn.utils.parametrizations.spectral_norm`` (one power iteration per training step), so its weight lives at ``<name>.parametrizations.weight.original`` with the
 power-iteration vectors at ``<name>.parametrizations.weight.0._u`` / ``._v``.
 
 The three input projections run as one 1x1 convolution over the concatenated (spectrally normalised)
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganops.ops.attention import attention
+from ganops.spectral_norm import spectral_norm as ganops_spectral_norm
 
 VARIANTS = ("biggan", "sagan")
 
@@ -100,8 +101,9 @@ class SelfAttention2d(nn.Module):
         channels: ``C``; at least 8 (the query/key width is ``C // 8``, rounded down as in BigGAN).
         variant: ``"biggan"`` (pooled keys/values of width ``C/2`` and an output conv) or ``"sagan"``
             (unpooled, values of width ``C``, convs with bias, no output conv). See the module docstring.
-        spectral_norm: wrap each conv in ``torch.nn.utils.parametrizations.spectral_norm``.
-        backend: passed to :func:`ganops.ops.attention.attention`.
+        spectral_norm: wrap each conv in :func:`ganops.spectral_norm` (torch's parametrization semantics and
+            state_dict layout, fused power iteration).
+        backend: passed to :func:`ganops.ops.attention.attention` and :func:`ganops.spectral_norm`.
     """
 
     def __init__(self, channels: int, variant: str = "biggan", spectral_norm: bool = True, backend: str | None = None):
@@ -118,7 +120,7 @@ class SelfAttention2d(nn.Module):
 
         def conv(inputs: int, outputs: int) -> nn.Conv2d:
             layer = nn.Conv2d(inputs, outputs, kernel_size=1, bias=not biggan)
-            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+            return ganops_spectral_norm(layer, backend=backend) if spectral_norm else layer
 
         self.theta = conv(channels, channels // 8)
         self.phi = conv(channels, channels // 8)

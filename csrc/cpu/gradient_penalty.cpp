@@ -1,0 +1,276 @@
+// Schemas and CPU kernels of the fused gradient-penalty ops. The math and notation are those of
+// ganops/reference/gradient_penalty.py: per-sample sums q_n = ||g_n||^2 (and d_n = <g_n, gg_n>), the penalty
+// mean_n h(sqrt(q_n)), its backward go * k_n * g_n and its double backward.
+//
+// Tensors are processed as contiguous [N, D] sample rows (csrc/gradient_penalty_common.h). Each row is cut into
+// fixed blocks of kBlock elements; the blocks are the parallel tasks, and the per-row sums add the block
+// partials in block order, so results do not depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "../gradient_penalty_common.h"
+
+namespace ganops {
+namespace {
+
+using namespace gradient_penalty;
+
+// Elements per parallel task.
+constexpr int64_t kBlock = 16384;
+// Independent accumulators of the row sums: they break the dependency chain of one running sum, so the compiler
+// vectorises the loop, and each one sums only a few hundred elements of a chunk (float32 rounding stays small).
+constexpr int64_t kLanes = 16;
+constexpr int64_t kChunk = 4096;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Runs body(n, begin, end) over every block of every row in parallel.
+template <typename Body>
+void parallel_over_blocks(int64_t N, int64_t D, const Body& body) {
+  const int64_t blocks = ceil_div(D, kBlock);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t n = task / blocks, begin = (task % blocks) * kBlock;
+      body(n, begin, std::min(D, begin + kBlock));
+    }
+  });
+}
+
+// sum of g[i]^2 and (WithDot) of g[i] * other[i] over [begin, end), in a fixed order.
+template <bool WithDot, typename scalar_t, typename acc_t>
+void sum_range(const scalar_t* g, const scalar_t* other, int64_t begin, int64_t end, acc_t& squared, acc_t& dot) {
+  squared = acc_t(0);
+  dot = acc_t(0);
+  for (int64_t chunk = begin; chunk < end; chunk += kChunk) {
+    const int64_t chunk_end = std::min(end, chunk + kChunk);
+    acc_t lane_squared[kLanes] = {}, lane_dot[kLanes] = {};
+    int64_t i = chunk;
+    for (; i + kLanes <= chunk_end; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const acc_t v = static_cast<acc_t>(g[i + l]);
+        lane_squared[l] += v * v;
+        if constexpr (WithDot) {
+          lane_dot[l] += v * static_cast<acc_t>(other[i + l]);
+        }
+      }
+    }
+    for (int64_t l = 0; i < chunk_end; ++i, ++l) {
+      const acc_t v = static_cast<acc_t>(g[i]);
+      lane_squared[l] += v * v;
+      if constexpr (WithDot) {
+        lane_dot[l] += v * static_cast<acc_t>(other[i]);
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      squared += lane_squared[l];
+      dot += lane_dot[l];
+    }
+  }
+}
+
+// q_n = sum_d g[n, d]^2 and, if other is given, d_n = sum_d g[n, d] * other[n, d].
+template <typename scalar_t, typename acc_t>
+void row_sums(
+    const scalar_t* g, const scalar_t* other, int64_t N, int64_t D, std::vector<acc_t>& squared,
+    std::vector<acc_t>& dot) {
+  const int64_t blocks = ceil_div(D, kBlock);
+  std::vector<acc_t> partial_squared(N * blocks), partial_dot(other != nullptr ? N * blocks : 0);
+  parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
+    const int64_t task = n * blocks + begin / kBlock;
+    acc_t block_squared, block_dot;
+    if (other != nullptr) {
+      sum_range<true>(g + n * D, other + n * D, begin, end, block_squared, block_dot);
+      partial_dot[task] = block_dot;
+    } else {
+      sum_range<false>(g + n * D, other, begin, end, block_squared, block_dot);
+    }
+    partial_squared[task] = block_squared;
+  });
+  squared.assign(N, acc_t(0));
+  dot.assign(other != nullptr ? N : 0, acc_t(0));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      squared[n] += partial_squared[n * blocks + b];
+      if (other != nullptr) {
+        dot[n] += partial_dot[n * blocks + b];
+      }
+    }
+  }
+}
+
+// k_n and m_n of the reference docstring.
+template <typename acc_t>
+struct Coefficients {
+  acc_t k, m;
+};
+
+template <typename acc_t>
+Coefficients<acc_t> coefficients(acc_t squared, acc_t center, bool one_sided, int64_t N) {
+  const acc_t norm = std::sqrt(squared);
+  const acc_t inverse = norm > 0 ? acc_t(1) / norm : acc_t(0);
+  const acc_t two_over_n = acc_t(2) / static_cast<acc_t>(N);
+  if (one_sided && !(norm > center)) {
+    return {acc_t(0), acc_t(0)};
+  }
+  return {two_over_n * (acc_t(1) - center * inverse), two_over_n * center * inverse * inverse * inverse};
+}
+
+template <typename acc_t>
+acc_t penalty_of(acc_t squared, acc_t center, bool one_sided) {
+  if (center == 0) {
+    return squared;  // h(s) = s^2 exactly, without the square root
+  }
+  acc_t distance = std::sqrt(squared) - center;
+  if (one_sided) {
+    distance = std::max(distance, acc_t(0));
+  }
+  return distance * distance;
+}
+
+at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_sided) {
+  constexpr const char* op = "ganops::gradient_penalty_cpp";
+  check_batch_tensor(op, "grad", grad);
+  check_center(op, center);
+  const at::Tensor rows = sample_rows(grad, is_channels_last(grad));
+  const int64_t N = rows.size(0), D = rows.size(1);
+  at::Tensor out = at::empty({}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> squared, unused;
+    row_sums<scalar_t, acc_t>(rows.const_data_ptr<scalar_t>(), nullptr, N, D, squared, unused);
+    acc_t total(0);
+    for (int64_t n = 0; n < N; ++n) {
+      total += penalty_of(squared[n], static_cast<acc_t>(center), one_sided);
+    }
+    out.fill_(static_cast<double>(total / static_cast<acc_t>(N)));
+  });
+  return out;
+}
+
+at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
+  constexpr const char* op = "ganops::gradient_penalty_backward_cpp";
+  check_batch_tensor(op, "grad", grad);
+  check_grad_out(op, grad_out, grad);
+  check_center(op, center);
+  const bool channels_last = is_channels_last(grad);
+  const at::Tensor rows = sample_rows(grad, channels_last);
+  at::Tensor out = empty_in_layout_of(grad);
+  at::Tensor out_rows = output_rows(out, channels_last);
+  const int64_t N = rows.size(0), D = rows.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = rows.const_data_ptr<scalar_t>();
+    scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
+    std::vector<acc_t> squared, unused;
+    row_sums<scalar_t, acc_t>(g, nullptr, N, D, squared, unused);
+    const acc_t go = grad_out.item().to<acc_t>();
+    parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
+      const acc_t scale = go * coefficients(squared[n], static_cast<acc_t>(center), one_sided, N).k;
+      for (int64_t i = n * D + begin; i < n * D + end; ++i) {
+        result[i] = static_cast<scalar_t>(scale * static_cast<acc_t>(g[i]));
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
+    const at::Tensor& grad_grad_grad, const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
+  constexpr const char* op = "ganops::gradient_penalty_double_backward_cpp";
+  check_batch_tensor(op, "grad", grad);
+  check_grad_out(op, grad_out, grad);
+  check_like(op, "grad_grad_grad", grad_grad_grad, grad, "grad");
+  check_center(op, center);
+  const bool channels_last = is_channels_last(grad);
+  const at::Tensor rows = sample_rows(grad, channels_last);
+  const at::Tensor gg_rows = sample_rows(grad_grad_grad, channels_last);
+  at::Tensor out = empty_in_layout_of(grad);
+  at::Tensor out_rows = output_rows(out, channels_last);
+  at::Tensor grad_grad_out = at::empty({}, grad_out.options());
+  const int64_t N = rows.size(0), D = rows.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_double_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* g = rows.const_data_ptr<scalar_t>();
+        const scalar_t* gg = gg_rows.const_data_ptr<scalar_t>();
+        scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
+        std::vector<acc_t> squared, dot;
+        row_sums<scalar_t, acc_t>(g, gg, N, D, squared, dot);
+        const acc_t go = grad_out.item().to<acc_t>();
+        acc_t total(0);
+        for (int64_t n = 0; n < N; ++n) {
+          total += coefficients(squared[n], static_cast<acc_t>(center), one_sided, N).k * dot[n];
+        }
+        grad_grad_out.fill_(static_cast<double>(total));
+        parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
+          const auto c = coefficients(squared[n], static_cast<acc_t>(center), one_sided, N);
+          const acc_t along_gg = go * c.k, along_g = go * c.m * dot[n];
+          for (int64_t i = n * D + begin; i < n * D + end; ++i) {
+            result[i] = static_cast<scalar_t>(along_gg * static_cast<acc_t>(gg[i]) + along_g * static_cast<acc_t>(g[i]));
+          }
+        });
+      });
+  return {grad_grad_out, out};
+}
+
+at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
+  constexpr const char* op = "ganops::gradient_penalty_interpolate_cpp";
+  check_batch_tensor(op, "real", real);
+  check_like(op, "fake", fake, real, "real");
+  check_floating(op, "eps", eps);
+  TORCH_CHECK(
+      eps.dim() == 1 && eps.size(0) == real.size(0), op, ": expected eps of shape [", real.size(0), "], got ", eps.sizes());
+  TORCH_CHECK(eps.device() == real.device(), op, ": expected eps on ", real.device(), ", got ", eps.device());
+  const bool channels_last = is_channels_last(real);
+  const at::Tensor real_rows = sample_rows(real, channels_last);
+  const at::Tensor fake_rows = sample_rows(fake, channels_last);
+  const at::Tensor weights = eps.to(at::kDouble).contiguous();
+  at::Tensor out = empty_in_layout_of(real);
+  at::Tensor out_rows = output_rows(out, channels_last);
+  const int64_t N = real_rows.size(0), D = real_rows.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interpolate_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* r = real_rows.const_data_ptr<scalar_t>();
+    const scalar_t* f = fake_rows.const_data_ptr<scalar_t>();
+    const double* w = weights.const_data_ptr<double>();
+    scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
+    parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
+      const acc_t weight = static_cast<acc_t>(w[n]);
+      for (int64_t i = n * D + begin; i < n * D + end; ++i) {
+        result[i] = static_cast<scalar_t>(
+            weight * static_cast<acc_t>(r[i]) + (acc_t(1) - weight) * static_cast<acc_t>(f[i]));
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ganops, m) {
+  m.def("gradient_penalty_cpp(Tensor grad, float center, bool one_sided) -> Tensor");
+  m.def("gradient_penalty_backward_cpp(Tensor grad_out, Tensor grad, float center, bool one_sided) -> Tensor");
+  m.def(
+      "gradient_penalty_double_backward_cpp(Tensor grad_grad_grad, Tensor grad_out, Tensor grad, float center, "
+      "bool one_sided) -> (Tensor, Tensor)");
+  m.def("gradient_penalty_interpolate_cpp(Tensor real, Tensor fake, Tensor eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ganops, CPU, m) {
+  m.impl("gradient_penalty_cpp", &gradient_penalty_cpu);
+  m.impl("gradient_penalty_backward_cpp", &gradient_penalty_backward_cpu);
+  m.impl("gradient_penalty_double_backward_cpp", &gradient_penalty_double_backward_cpu);
+  m.impl("gradient_penalty_interpolate_cpp", &gradient_penalty_interpolate_cpu);
+}
+
+}  // namespace ganops

@@ -1,0 +1,79 @@
+// Input checks, output allocation and the [N, D] sample-row view of the gradient-penalty ops, shared by the CPU
+// and CUDA bindings so that both reject the same inputs with the same messages and return the same layouts.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+namespace ganops {
+namespace gradient_penalty {
+
+inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": expected ",
+      name, " of dtype float64, float32, float16 or bfloat16, got ", dtype);
+}
+
+// A floating [N, ...] tensor with at least one element per sample.
+inline void check_batch_tensor(const char* op, const char* name, const at::Tensor& t) {
+  check_floating(op, name, t);
+  TORCH_CHECK(t.dim() >= 1, op, ": expected ", name, " with a batch dimension [N, ...], got a 0-dim tensor");
+  TORCH_CHECK(t.numel() > 0, op, ": expected a non-empty ", name, ", got shape ", t.sizes());
+}
+
+// Every other tensor argument must match the reference tensor: the kernels index them with its geometry.
+inline void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK(
+      t.sizes() == like.sizes(), op, ": expected ", name, " of shape ", like.sizes(), " (the shape of ", like_name,
+      "), got ", t.sizes());
+  TORCH_CHECK(
+      t.scalar_type() == like.scalar_type(), op, ": expected ", name, " of dtype ", like.scalar_type(), " (the dtype of ",
+      like_name, "), got ", t.scalar_type());
+  TORCH_CHECK(
+      t.device() == like.device(), op, ": expected ", name, " on ", like.device(), " (the device of ", like_name,
+      "), got ", t.device());
+}
+
+// grad_out of the scalar penalty: a 0-dim tensor of grad's dtype on grad's device.
+inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& grad) {
+  TORCH_CHECK(grad_out.dim() == 0, op, ": expected a 0-dim grad_out (the penalty is a scalar), got shape ", grad_out.sizes());
+  TORCH_CHECK(
+      grad_out.scalar_type() == grad.scalar_type(), op, ": expected grad_out of dtype ", grad.scalar_type(),
+      " (the dtype of grad), got ", grad_out.scalar_type());
+  TORCH_CHECK(
+      grad_out.device() == grad.device(), op, ": expected grad_out on ", grad.device(), ", got ", grad_out.device());
+}
+
+inline void check_center(const char* op, double center) {
+  TORCH_CHECK(center >= 0 && center < std::numeric_limits<double>::infinity(), op, ": center must be a finite float >= 0, got ", center);
+}
+
+// Same rule as ganops/_layout.py (the fake kernels use it), so eager and compiled strides agree.
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor empty_in_layout_of(const at::Tensor& t) {
+  return at::empty(
+      t.sizes(),
+      t.options().memory_format(is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
+
+// t as contiguous [N, D] rows whose element order is the memory order of an output allocated by
+// empty_in_layout_of (channels_last or contiguous): a view when t is in that layout, else a copy.
+inline at::Tensor sample_rows(const at::Tensor& t, bool channels_last) {
+  const at::Tensor ordered = channels_last ? t.permute({0, 2, 3, 1}) : t;
+  return ordered.reshape({t.size(0), -1}).contiguous();
+}
+
+// The rows of an output allocated by empty_in_layout_of: always a view, so writing them fills the output.
+inline at::Tensor output_rows(const at::Tensor& out, bool channels_last) {
+  at::Tensor rows = sample_rows(out, channels_last);
+  TORCH_INTERNAL_ASSERT(rows.data_ptr() == out.data_ptr(), "output rows must alias the output");
+  return rows;
+}
+
+}  // namespace gradient_penalty
+}  // namespace ganops

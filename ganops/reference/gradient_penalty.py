@@ -1,0 +1,101 @@
+"""Plain-PyTorch reference of the fused parts of the gradient penalties: the specification every backend of
+``ganops/ops/gradient_penalty.py`` is tested against.
+
+Notation shared by every backend (``triton_kernels/gradient_penalty.py``, ``csrc/cpu/gradient_penalty.cpp``,
+``csrc/cuda/gradient_penalty.cu``):
+
+* ``g`` is the gradient of D's output with respect to its input, shape ``[N, ...]``; every non-batch
+  dimension is reduced. ``q_n = sum of g_n^2`` and ``s_n = sqrt(q_n) = ||g_n||_2`` per sample ``n``.
+* Penalty with centre ``c >= 0``: ``P = (1 / N) sum_n h(s_n)`` with ``h(s) = (s - c)^2`` (two-sided: WGAN-GP,
+  DRAGAN, and R1/R2 with ``c = 0``, computed as ``q_n`` then, without a square root) or
+  ``h(s) = max(0, s - c)^2`` (one-sided: WGAN-LP).
+* Backward, for the incoming scalar gradient ``go``: ``grad_g_n = go * k_n * g_n`` with
+  ``k_n = (2 / N) (1 - c / s_n)`` where the sample is active (always for two-sided, ``s_n > c`` for
+  one-sided) and ``0`` elsewhere; ``c / s_n`` is taken as ``0`` at ``s_n = 0`` (the gradient is then zero
+  anyway because ``g_n = 0``).
+* Double backward, for the incoming gradient ``gg`` of ``grad_g`` and ``d_n = <g_n, gg_n>``:
+  ``grad_go = sum_n k_n d_n`` and ``grad_g_n = go * (k_n gg_n + m_n d_n g_n)`` with
+  ``m_n = (2 / N) c / s_n^3`` where active (the derivative of ``k_n`` along ``g_n``), ``0`` elsewhere.
+* Interpolation: ``x_hat_n = eps_n real_n + (1 - eps_n) fake_n`` with one ``eps_n`` per sample.
+
+Low-precision inputs are computed in float32 and the result cast back, as the fused kernels do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` as ``[N, D]`` in the compute dtype."""
+    return t.to(_compute_dtype(t)).reshape(t.shape[0], -1)
+
+
+def per_sample_squared_norm(grad: Tensor) -> Tensor:
+    """``q_n = ||g_n||^2`` over every non-batch dimension, in the compute dtype."""
+    return _rows(grad).square().sum(dim=1)
+
+
+def gradient_penalty(grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    """``P = mean_n h(||g_n||)`` (module docstring), a 0-dim tensor of ``grad``'s dtype."""
+    squared = per_sample_squared_norm(grad)
+    if center == 0:
+        # (s - 0)^2 and max(0, s)^2 are both q: no square root, whose derivative is infinite at g_n = 0.
+        per_sample = squared
+    else:
+        # sqrt has an infinite derivative at 0; a sample with g_n = 0 gets the zero subgradient instead, as in
+        # the kernels (and as torch.linalg.vector_norm does).
+        nonzero = squared > 0
+        norm = torch.where(nonzero, squared.clamp(min=torch.finfo(squared.dtype).tiny).sqrt(), 0.0)
+        distance = norm - center
+        per_sample = distance.clamp(min=0).square() if one_sided else distance.square()
+    return per_sample.mean().to(grad.dtype)
+
+
+def _coefficients(grad: Tensor, center: float, one_sided: bool) -> tuple[Tensor, Tensor]:
+    """``(k_n, m_n)`` of the module docstring, shape ``[N]``, in the compute dtype."""
+    n = grad.shape[0]
+    norm = per_sample_squared_norm(grad).sqrt()
+    inverse = torch.where(norm > 0, 1.0 / norm.clamp(min=torch.finfo(norm.dtype).tiny), 0.0)
+    active = norm > center if one_sided else torch.ones_like(norm, dtype=torch.bool)
+    k = torch.where(active, (2.0 / n) * (1.0 - center * inverse), 0.0)
+    m = torch.where(active, (2.0 / n) * center * inverse**3, 0.0)
+    return k, m
+
+
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """``values[N]`` shaped to broadcast against ``like[N, ...]``."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def gradient_penalty_backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    """Gradient of :func:`gradient_penalty` with respect to ``grad``: ``go * k_n * g_n``."""
+    k, _ = _coefficients(grad, center, one_sided)
+    g = grad.to(k.dtype)
+    return (grad_out.to(k.dtype) * _per_sample(k, g) * g).to(grad.dtype)
+
+
+def gradient_penalty_double_backward(
+    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`gradient_penalty_backward` w.r.t. ``grad_out`` and ``grad``, for the incoming
+    gradient ``grad_grad_grad`` of its output."""
+    k, m = _coefficients(grad, center, one_sided)
+    g = grad.to(k.dtype)
+    gg = grad_grad_grad.to(k.dtype)
+    dot = (_rows(g) * _rows(gg)).sum(dim=1)
+    grad_grad_out = (k * dot).sum()
+    grad_g = grad_out.to(k.dtype) * (_per_sample(k, g) * gg + _per_sample(m * dot, g) * g)
+    return grad_grad_out.to(grad_out.dtype), grad_g.to(grad.dtype)
+
+
+def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
+    """``eps_n * real_n + (1 - eps_n) * fake_n``, ``eps`` of shape ``[N]``, in ``real``'s dtype."""
+    dtype = _compute_dtype(real)
+    weight = _per_sample(eps.to(dtype), real)
+    return (weight * real.to(dtype) + (1.0 - weight) * fake.to(dtype)).to(real.dtype)

@@ -1,0 +1,284 @@
+"""Triton kernels of the fused gradient penalty and of the interpolation. The math and notation are those of
+``ganops/reference/gradient_penalty.py``.
+
+Every tensor is seen as ``[N, D]`` sample rows (``D`` = all non-batch elements, in the memory order of the
+output: contiguous, or channels_last for channels_last 4-d inputs). The per-sample sums ``q_n`` (and
+``d_n = <g_n, gg_n>`` in the double backward) are computed by a grid of ``N x splits`` programs, each summing one
+slice of a row into a partial buffer, so that a small batch with large samples still fills the GPU. Later
+kernels add the ``splits`` partials of their row in a fixed order, so results are deterministic. The scalar
+outputs (the penalty and the gradient of ``go``) are reduced over ``N`` by a single program, also in a fixed
+order.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ganops._layout import empty_in_layout_of, memory_format_of
+
+# Elements per program tile of a row.
+_BLOCK_D = 1024
+# Rows per iteration of the single-program reductions over the batch.
+_BLOCK_N = 128
+# Aim for this many programs in the partial-sum grid (enough to fill a large GPU several times over).
+_TARGET_PROGRAMS = 2048
+
+
+@triton.jit
+def _partial_sums_kernel(
+    g_ptr, g_sn, g_sd, other_ptr, o_sn, o_sd, squared_ptr, dot_ptr, D, span, splits,
+    BLOCK_D: tl.constexpr, WITH_DOT: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    """``squared[n, split] = sum g^2`` (and ``dot[n, split] = sum g * other``) over one slice of row ``n``."""
+    n = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    begin = split * span
+    squares = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
+    products = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
+    for start in range(0, span, BLOCK_D):
+        d = begin + start + tl.arange(0, BLOCK_D)
+        mask = d < D  # span is a multiple of BLOCK_D, so a slice ends at a tile boundary or at D
+        g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        squares += g * g
+        if WITH_DOT:
+            other = tl.load(other_ptr + n * o_sn + d.to(tl.int64) * o_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+            products += g * other
+    tl.store(squared_ptr + n * splits + split, tl.sum(squares, axis=0))
+    if WITH_DOT:
+        tl.store(dot_ptr + n * splits + split, tl.sum(products, axis=0))
+
+
+@triton.jit
+def _row_total(partial_ptr, rows, splits, BLOCK_S: tl.constexpr):
+    """The sum of the ``splits`` partials of each of ``rows`` (a block of row indices)."""
+    s = tl.arange(0, BLOCK_S)
+    mask = (s < splits)[None, :]
+    values = tl.load(partial_ptr + rows.to(tl.int64)[:, None] * splits + s[None, :], mask=mask, other=0.0)
+    return tl.sum(values, axis=1)
+
+
+@triton.jit
+def _join(high, low, COMPUTE_DTYPE: tl.constexpr):
+    """A float64 parameter from its two float32 halves (Triton passes Python floats as float32)."""
+    return tl.cast(high, COMPUTE_DTYPE) + tl.cast(low, COMPUTE_DTYPE)
+
+
+@triton.jit
+def _coefficients(squared, center, two_over_n, ONE_SIDED: tl.constexpr):
+    """``(k_n, m_n)`` of the reference docstring from ``q_n``."""
+    norm = tl.sqrt(squared)
+    inverse = tl.where(norm > 0, 1.0 / tl.where(norm > 0, norm, 1.0), 0.0)
+    k = two_over_n * (1.0 - center * inverse)
+    m = two_over_n * center * inverse * inverse * inverse
+    if ONE_SIDED:
+        k = tl.where(norm > center, k, 0.0)
+        m = tl.where(norm > center, m, 0.0)
+    return k, m
+
+
+@triton.jit
+def _penalty_value_kernel(
+    squared_ptr, out_ptr, N, splits, center_high, center_low,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    center = _join(center_high, center_low, COMPUTE_DTYPE)
+    total = tl.zeros([BLOCK_N], dtype=COMPUTE_DTYPE)
+    for start in range(0, N, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        squared = _row_total(squared_ptr, tl.where(rows < N, rows, 0), splits, BLOCK_S)
+        distance = tl.sqrt(squared) - center
+        if ONE_SIDED:
+            distance = tl.maximum(distance, 0.0)
+        # centre 0: q itself, not the square of its square root (h(s) = s^2 exactly).
+        per_sample = tl.where(center == 0, squared, distance * distance)
+        total += tl.where(rows < N, per_sample, 0.0)
+    tl.store(out_ptr, (tl.sum(total, axis=0) / N).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _backward_kernel(
+    grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, squared_ptr, D, splits,
+    center_high, center_low, two_over_n_high, two_over_n_low,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    squared = tl.sum(_row_total(squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
+    k, _ = _coefficients(
+        squared, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
+        ONE_SIDED,
+    )
+    scale = tl.load(grad_out_ptr).to(COMPUTE_DTYPE) * k
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = d < D
+    g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    tl.store(out_ptr + n * out_sn + d.to(tl.int64) * out_sd, (scale * g).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _double_backward_kernel(
+    grad_out_ptr, g_ptr, g_sn, g_sd, gg_ptr, gg_sn, gg_sd, out_ptr, out_sn, out_sd, squared_ptr, dot_ptr,
+    D, splits, center_high, center_low, two_over_n_high, two_over_n_low,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    row = n + tl.zeros([1], dtype=tl.int64)
+    squared = tl.sum(_row_total(squared_ptr, row, splits, BLOCK_S), axis=0)
+    dot = tl.sum(_row_total(dot_ptr, row, splits, BLOCK_S), axis=0)
+    k, m = _coefficients(
+        squared, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
+        ONE_SIDED,
+    )
+    go = tl.load(grad_out_ptr).to(COMPUTE_DTYPE)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = d < D
+    offsets = d.to(tl.int64)
+    g = tl.load(g_ptr + n * g_sn + offsets * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    gg = tl.load(gg_ptr + n * gg_sn + offsets * gg_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    grad_g = go * (k * gg + (m * dot) * g)
+    tl.store(out_ptr + n * out_sn + offsets * out_sd, grad_g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_of_grad_out_kernel(
+    squared_ptr, dot_ptr, out_ptr, N, splits, center_high, center_low, two_over_n_high, two_over_n_low,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    """``sum_n k_n d_n``."""
+    center = _join(center_high, center_low, COMPUTE_DTYPE)
+    two_over_n = _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE)
+    total = tl.zeros([BLOCK_N], dtype=COMPUTE_DTYPE)
+    for start in range(0, N, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        safe_rows = tl.where(rows < N, rows, 0)
+        k, _ = _coefficients(_row_total(squared_ptr, safe_rows, splits, BLOCK_S), center, two_over_n, ONE_SIDED)
+        dot = _row_total(dot_ptr, safe_rows, splits, BLOCK_S)
+        total += tl.where(rows < N, k * dot, 0.0)
+    tl.store(out_ptr, tl.sum(total, axis=0).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _interpolate_kernel(
+    real_ptr, r_sn, r_sd, fake_ptr, f_sn, f_sd, eps_ptr, eps_s, out_ptr, out_sn, out_sd, D,
+    BLOCK_D: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    weight = tl.load(eps_ptr + n * eps_s).to(COMPUTE_DTYPE)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = d < D
+    offsets = d.to(tl.int64)
+    real = tl.load(real_ptr + n * r_sn + offsets * r_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    fake = tl.load(fake_ptr + n * f_sn + offsets * f_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    out = weight * real + (1.0 - weight) * fake
+    tl.store(out_ptr + n * out_sn + offsets * out_sd, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _halves(value: float) -> tuple[float, float]:
+    """``value`` as float32 ``(high, low)`` with ``high + low == value`` to ~2^-48 (see ``_join``)."""
+    high = _to_float32(value)
+    return high, _to_float32(value - high)
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _sample_rows(t: Tensor, channels_last: bool) -> Tensor:
+    """``t`` as ``[N, D]`` rows in the output's memory order: a view where the layouts agree, else a copy."""
+    if channels_last:
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return memory_format_of(t) == torch.channels_last
+
+
+def _compute_dtype(t: Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _partial_sums(g_rows: Tensor, other_rows: Tensor | None) -> tuple[Tensor, Tensor | None, int]:
+    """Per-row partial sums of ``g^2`` (and ``g * other``), shape ``[N * splits]`` in the compute dtype."""
+    n, d = g_rows.shape
+    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, n), triton.cdiv(d, _BLOCK_D)))
+    span = triton.cdiv(triton.cdiv(d, splits), _BLOCK_D) * _BLOCK_D
+    splits = triton.cdiv(d, span)
+    accumulate = torch.float64 if g_rows.dtype == torch.float64 else torch.float32
+    squared = torch.empty(n * splits, dtype=accumulate, device=g_rows.device)
+    dot = torch.empty_like(squared) if other_rows is not None else None
+    other = other_rows if other_rows is not None else g_rows
+    _partial_sums_kernel[(n, splits)](
+        g_rows, *g_rows.stride(), other, *other.stride(), squared, dot if dot is not None else squared,
+        d, span, splits,
+        BLOCK_D=_BLOCK_D, WITH_DOT=other_rows is not None, COMPUTE_DTYPE=_compute_dtype(g_rows),
+    )
+    return squared, dot, splits
+
+
+def forward(grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    rows = _sample_rows(grad, _is_channels_last(grad))
+    squared, _, splits = _partial_sums(rows, None)
+    out = torch.empty((), dtype=grad.dtype, device=grad.device)
+    _penalty_value_kernel[(1,)](
+        squared, out, rows.shape[0], splits, *_halves(center),
+        BLOCK_N=_BLOCK_N, BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided,
+        COMPUTE_DTYPE=_compute_dtype(grad),
+    )
+    return out
+
+
+def backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    channels_last = _is_channels_last(grad)
+    rows = _sample_rows(grad, channels_last)
+    out = empty_in_layout_of(grad, grad.shape)
+    out_rows = _sample_rows(out, channels_last)
+    squared, _, splits = _partial_sums(rows, None)
+    n, d = rows.shape
+    _backward_kernel[(n, triton.cdiv(d, _BLOCK_D))](
+        grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), squared, d, splits,
+        *_halves(center), *_halves(2.0 / n),
+        BLOCK_D=_BLOCK_D, BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided,
+        COMPUTE_DTYPE=_compute_dtype(grad),
+    )
+    return out
+
+
+def double_backward(
+    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool
+) -> tuple[Tensor, Tensor]:
+    channels_last = _is_channels_last(grad)
+    rows = _sample_rows(grad, channels_last)
+    gg_rows = _sample_rows(grad_grad_grad, channels_last)
+    out = empty_in_layout_of(grad, grad.shape)
+    out_rows = _sample_rows(out, channels_last)
+    squared, dot, splits = _partial_sums(rows, gg_rows)
+    n, d = rows.shape
+    meta = dict(BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided, COMPUTE_DTYPE=_compute_dtype(grad))
+    _double_backward_kernel[(n, triton.cdiv(d, _BLOCK_D))](
+        grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), squared, dot,
+        d, splits, *_halves(center), *_halves(2.0 / n), BLOCK_D=_BLOCK_D, **meta,
+    )
+    grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
+    _grad_of_grad_out_kernel[(1,)](
+        squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n), BLOCK_N=_BLOCK_N, **meta
+    )
+    return grad_grad_out, out
+
+
+def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
+    channels_last = _is_channels_last(real)
+    real_rows = _sample_rows(real, channels_last)
+    fake_rows = _sample_rows(fake, channels_last)
+    out = empty_in_layout_of(real, real.shape)
+    out_rows = _sample_rows(out, channels_last)
+    n, d = real_rows.shape
+    _interpolate_kernel[(n, triton.cdiv(d, _BLOCK_D))](
+        real_rows, *real_rows.stride(), fake_rows, *fake_rows.stride(), eps, eps.stride(0),
+        out_rows, *out_rows.stride(), d, BLOCK_D=_BLOCK_D, COMPUTE_DTYPE=_compute_dtype(real),
+    )
+    return out
