@@ -232,7 +232,9 @@ def environment(device: torch.device, rates: DeviceRates, quick: bool) -> dict:
 def _format_bytes(value: int | None) -> str:
     if value is None:
         return "n/a"
-    return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 2**10:.1f} KiB"
+    if value >= 2**20:
+        return f"{value / 2**20:.1f} MiB"
+    return f"{value / 2**10:.1f} KiB" if value >= 2**10 else f"{value} B"
 
 
 def markdown_table(op: str, report: dict) -> str:
