@@ -17,6 +17,8 @@
 
 #include <math.h>
 
+#include "device_utils.cuh"
+
 namespace ganops {
 namespace cuda_kernels {
 namespace {
@@ -24,25 +26,6 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileSizes[] = {64, 32, 16, 8};
-constexpr int64_t kMaxGridX = 2147483647;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(attention_acc_t<T> v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
@@ -58,14 +41,6 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t warp_max(acc_t v) {
   for (int offset = 16; offset > 0; offset >>= 1) {
     v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  }
-  return v;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
   }
   return v;
 }
@@ -128,8 +103,8 @@ __host__ __device__ int64_t grad_kv_shared_elements(int64_t t, const AttentionSh
 template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
-    attention_acc_t<T>* __restrict__ lse, AttentionShape s, int tile, attention_acc_t<T> scale) {
-  using acc_t = attention_acc_t<T>;
+    acc_type<T>* __restrict__ lse, AttentionShape s, int tile, acc_type<T> scale) {
+  using acc_t = acc_type<T>;
   const int64_t tiles = (s.queries + tile - 1) / tile;
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
@@ -224,9 +199,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
 // delta[row] = grad_out[row] . out[row], one warp per row.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) delta_kernel(
-    const T* __restrict__ grad_out, const T* __restrict__ out, attention_acc_t<T>* __restrict__ delta, int64_t rows,
+    const T* __restrict__ grad_out, const T* __restrict__ out, acc_type<T>* __restrict__ delta, int64_t rows,
     int64_t width) {
-  using acc_t = attention_acc_t<T>;
+  using acc_t = acc_type<T>;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) {
@@ -246,9 +221,9 @@ __global__ void __launch_bounds__(kThreads) delta_kernel(
 template <typename T>
 __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-    const attention_acc_t<T>* __restrict__ lse, const attention_acc_t<T>* __restrict__ delta, T* __restrict__ grad_q,
-    AttentionShape s, int tile, attention_acc_t<T> scale) {
-  using acc_t = attention_acc_t<T>;
+    const acc_type<T>* __restrict__ lse, const acc_type<T>* __restrict__ delta, T* __restrict__ grad_q,
+    AttentionShape s, int tile, acc_type<T> scale) {
+  using acc_t = acc_type<T>;
   const int64_t tiles = (s.queries + tile - 1) / tile;
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
@@ -316,9 +291,9 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
 template <typename T>
 __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-    const attention_acc_t<T>* __restrict__ lse, const attention_acc_t<T>* __restrict__ delta, T* __restrict__ grad_k,
-    T* __restrict__ grad_v, AttentionShape s, int tile, attention_acc_t<T> scale) {
-  using acc_t = attention_acc_t<T>;
+    const acc_type<T>* __restrict__ lse, const acc_type<T>* __restrict__ delta, T* __restrict__ grad_k,
+    T* __restrict__ grad_v, AttentionShape s, int tile, acc_type<T> scale) {
+  using acc_t = acc_type<T>;
   const int64_t tiles = (s.keys + tile - 1) / tile;
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.keys - row0);
@@ -451,9 +426,9 @@ int64_t tiles_of(int64_t n, int tile) {
 
 template <typename T>
 cudaError_t attention_forward(
-    const T* q, const T* k, const T* v, T* out, attention_acc_t<T>* lse, const AttentionShape& shape, double scale,
+    const T* q, const T* k, const T* v, T* out, acc_type<T>* lse, const AttentionShape& shape, double scale,
     cudaStream_t stream) {
-  using acc_t = attention_acc_t<T>;
+  using acc_t = acc_type<T>;
   if (shape.batch == 0 || shape.queries == 0) {
     return cudaSuccess;
   }
@@ -470,10 +445,10 @@ cudaError_t attention_forward(
 
 template <typename T>
 cudaError_t attention_backward(
-    const T* grad_out, const T* q, const T* k, const T* v, const T* out, const attention_acc_t<T>* lse,
-    attention_acc_t<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
+    const T* grad_out, const T* q, const T* k, const T* v, const T* out, const acc_type<T>* lse,
+    acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
     cudaStream_t stream) {
-  using acc_t = attention_acc_t<T>;
+  using acc_t = acc_type<T>;
   const acc_t acc_scale = static_cast<acc_t>(scale);
   const int64_t rows = shape.batch * shape.queries;
   if (rows > 0) {
@@ -507,10 +482,10 @@ cudaError_t attention_backward(
 }
 
 #define GANOPS_INSTANTIATE_ATTENTION(T)                                                                            \
-  template cudaError_t attention_forward<T>(                                                                     \
-      const T*, const T*, const T*, T*, attention_acc_t<T>*, const AttentionShape&, double, cudaStream_t);       \
-  template cudaError_t attention_backward<T>(                                                                    \
-      const T*, const T*, const T*, const T*, const T*, const attention_acc_t<T>*, attention_acc_t<T>*, T*, T*, \
+  template cudaError_t attention_forward<T>(                                                                       \
+      const T*, const T*, const T*, T*, acc_type<T>*, const AttentionShape&, double, cudaStream_t);                \
+  template cudaError_t attention_backward<T>(                                                                      \
+      const T*, const T*, const T*, const T*, const T*, const acc_type<T>*, acc_type<T>*, T*, T*,                  \
       T*, const AttentionShape&, double, cudaStream_t);
 
 GANOPS_INSTANTIATE_ATTENTION(double)

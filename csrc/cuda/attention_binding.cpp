@@ -7,42 +7,24 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <type_traits>
 
 #include "../attention_common.h"
 #include "attention.h"
+#include "binding_utils.h"
 
 namespace ganops {
 namespace {
-
-// The CUDA type with the same bits as torch's scalar_t: the kernels are instantiated for CUDA's types.
-template <typename scalar_t>
-using cuda_type_t = std::conditional_t<
-    std::is_same_v<scalar_t, c10::Half>, __half,
-    std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, __nv_bfloat16, scalar_t>>;
-
-template <typename scalar_t>
-using acc_t = cuda_kernels::attention_acc_t<cuda_type_t<scalar_t>>;
-
-template <typename scalar_t>
-const cuda_type_t<scalar_t>* input_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const cuda_type_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-cuda_type_t<scalar_t>* output_ptr(at::Tensor& t) {
-  return reinterpret_cast<cuda_type_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
-}
 
 cuda_kernels::AttentionShape shape_of(const AttentionSizes& n) {
   return {n.batch, n.queries, n.keys, n.qk_dim, n.v_dim};
 }
 
-void check_launch(cudaError_t error, const char* op, const AttentionSizes& n) {
+// The attention launchers report head dims too large for the GPU's shared memory as cudaErrorInvalidValue.
+void check_attention_launch(cudaError_t error, const char* op, const AttentionSizes& n) {
   TORCH_CHECK(
       error != cudaErrorInvalidValue, op, ": the head dims Dqk = ", n.qk_dim, " and Dv = ", n.v_dim,
       " need more shared memory per block than this GPU has (head dims up to 256 are supported)");
-  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
+  check_launch(error, op);
 }
 
 constexpr const char* kForwardOp = "ganops::attention_cpp";
@@ -55,10 +37,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
   auto out = at::empty({n.batch, n.queries, n.v_dim}, q.options());
   auto lse = at::empty({n.batch, n.queries}, q.options().dtype(attention_accumulate_type(q.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), kForwardOp, [&] {
-    check_launch(
+    check_attention_launch(
         cuda_kernels::attention_forward(
             input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v), output_ptr<scalar_t>(out),
-            lse.mutable_data_ptr<acc_t<scalar_t>>(), shape_of(n), scale, at::cuda::getCurrentCUDAStream()),
+            lse.mutable_data_ptr<cuda_acc_t<scalar_t>>(), shape_of(n), scale, at::cuda::getCurrentCUDAStream()),
         kForwardOp, n);
   });
   return {out, lse};
@@ -74,12 +56,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   auto grad_v = at::empty_like(v);
   auto delta = at::empty({n.batch, n.queries}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), kBackwardOp, [&] {
-    check_launch(
+    check_attention_launch(
         cuda_kernels::attention_backward(
             input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v),
-            input_ptr<scalar_t>(out), lse.const_data_ptr<acc_t<scalar_t>>(), delta.mutable_data_ptr<acc_t<scalar_t>>(),
-            output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k), output_ptr<scalar_t>(grad_v), shape_of(n), scale,
-            at::cuda::getCurrentCUDAStream()),
+            input_ptr<scalar_t>(out), lse.const_data_ptr<cuda_acc_t<scalar_t>>(),
+            delta.mutable_data_ptr<cuda_acc_t<scalar_t>>(), output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k),
+            output_ptr<scalar_t>(grad_v), shape_of(n), scale, at::cuda::getCurrentCUDAStream()),
         kBackwardOp, n);
   });
   return {grad_q, grad_k, grad_v};

@@ -10,58 +10,19 @@
 
 #include <algorithm>
 
+#include "device_utils.cuh"
+
 namespace ganops {
 namespace gradient_penalty_cuda {
 namespace {
 
-// block_reduce_sum assumes every block has exactly this many threads.
+// Every block of this file has exactly this many threads, as block_sum<kThreads> requires.
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 // Elements one block of the partial-sum kernel covers at least; rows are cut into slices of this size or more.
 constexpr int64_t kSliceMin = 4096;
 // Blocks the partial-sum kernel aims at: several waves on current GPUs.
 constexpr int64_t kTargetBlocks = 1024;
 constexpr int64_t kMaxBlocks = int64_t(1) << 16;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// The sum of v over the block, valid in thread 0.
-template <typename acc_t>
-__device__ acc_t block_reduce_sum(acc_t v) {
-  __shared__ acc_t warp_totals[kWarps];
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) {
-    warp_totals[warp] = v;
-  }
-  __syncthreads();
-  v = acc_t(0);
-  if (warp == 0) {
-    v = lane < kWarps ? warp_totals[lane] : acc_t(0);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      v += __shfl_down_sync(0xffffffffu, v, offset);
-    }
-  }
-  return v;
-}
 
 struct Slices {
   int64_t splits, span;
@@ -94,13 +55,12 @@ __global__ void partial_sums_kernel(
       products += v * to_acc(other[n * D + i]);
     }
   }
-  squares = block_reduce_sum(squares);
+  squares = block_sum<kThreads>(squares);
   if (threadIdx.x == 0) {
     partial_squared[task] = squares;
   }
   if (WithDot) {
-    __syncthreads();  // block_reduce_sum's shared totals are reused
-    products = block_reduce_sum(products);
+    products = block_sum<kThreads>(products);
     if (threadIdx.x == 0) {
       partial_dot[task] = products;
     }
@@ -146,7 +106,7 @@ __global__ void penalty_value_kernel(
     // centre 0: q itself, h(s) = s^2 exactly without the square root.
     total += center == acc_t(0) ? squared : distance * distance;
   }
-  total = block_reduce_sum(total);
+  total = block_sum<kThreads>(total);
   if (threadIdx.x == 0) {
     out[0] = from_acc<T>(total / static_cast<acc_t>(N));
   }
@@ -181,7 +141,7 @@ __global__ void sum_kernel(const acc_type<T>* __restrict__ values, int64_t N, T*
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     total += values[n];
   }
-  total = block_reduce_sum(total);
+  total = block_sum<kThreads>(total);
   if (threadIdx.x == 0) {
     out[0] = from_acc<T>(total);
   }

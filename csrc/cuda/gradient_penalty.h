@@ -8,25 +8,14 @@
 // synchronises. The launchers return the launch error (cudaGetLastError), not errors of the execution.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "accumulate_type.h"
+
 namespace ganops {
 namespace gradient_penalty_cuda {
-
-template <typename T>
-struct AccumulateType {
-  using type = float;
-};
-template <>
-struct AccumulateType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccumulateType<T>::type;
 
 // Rows are summed in `splits` slices by separate blocks, so that a small batch of large samples fills the GPU.
 int64_t partial_splits(int64_t N, int64_t D);

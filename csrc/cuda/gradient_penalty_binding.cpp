@@ -9,38 +9,15 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <type_traits>
 
 #include "../gradient_penalty_common.h"
+#include "binding_utils.h"
 #include "gradient_penalty.h"
 
 namespace ganops {
 namespace {
 
 using namespace gradient_penalty;
-
-// The CUDA type with the same bits as torch's scalar_t: the kernels are instantiated for CUDA's types.
-template <typename scalar_t>
-using cuda_type_t = std::conditional_t<
-    std::is_same_v<scalar_t, c10::Half>, __half,
-    std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, __nv_bfloat16, scalar_t>>;
-
-template <typename scalar_t>
-using cuda_acc_t = gradient_penalty_cuda::acc_type<cuda_type_t<scalar_t>>;
-
-template <typename scalar_t>
-const cuda_type_t<scalar_t>* input_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const cuda_type_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-cuda_type_t<scalar_t>* output_ptr(at::Tensor& t) {
-  return reinterpret_cast<cuda_type_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
-}
-
-void check_launch(cudaError_t error, const char* op) {
-  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
-}
 
 at::Tensor workspace_for(const at::Tensor& rows) {
   const int64_t elements = gradient_penalty_cuda::workspace_elements(rows.size(0), rows.size(1));

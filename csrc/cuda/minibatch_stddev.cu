@@ -12,61 +12,16 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "device_utils.cuh"
+
 namespace ganops {
 namespace cuda_kernels {
 namespace {
 
-// block_sum assumes every block has exactly this many threads.
+// Every block of this file has exactly this many threads, as block_sum<kThreads> requires.
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 // Grid-stride loops cover anything larger; more blocks than this brings nothing on current GPUs.
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-constexpr int64_t kMaxGridX = 2147483647;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// The sum of v over the block, returned to every thread.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_sums[kWarps];
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  // A previous call's readers of warp_sums[0] must be done before it is overwritten.
-  __syncthreads();
-  if (lane == 0) {
-    warp_sums[warp] = v;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? warp_sums[lane] : acc_t(0);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      v += __shfl_down_sync(0xffffffffu, v, offset);
-    }
-    if (lane == 0) {
-      warp_sums[0] = v;
-    }
-  }
-  __syncthreads();
-  return warp_sums[0];
-}
 
 // Offsets, member g = 0, of position p of pair (m, f) in every operand of the walk.
 template <std::size_t Ops>
@@ -90,7 +45,7 @@ __device__ acc_type<T> block_sum_of_statistic_channels(
     const int64_t g = e / plane, h = (e % plane) / geo.W, w = e % geo.W;
     sum += to_acc(t[(g * geo.M + m) * s.n + (geo.C + f) * s.c + h * s.h + w * s.w]);
   }
-  return block_sum(sum);
+  return block_sum<kThreads>(sum);
 }
 
 // t[g * M + m, C + f, :, :] = value for every member g, by the whole block.
@@ -129,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     }
     sd_sum += sqrt(var / geo.G + eps);
   }
-  const acc_t statistic = block_sum(sd_sum) / static_cast<acc_t>(geo.K);
+  const acc_t statistic = block_sum<kThreads>(sd_sum) / static_cast<acc_t>(geo.K);
   block_fill_statistic_channels(out, out_strides, geo, m, f, from_acc<T>(statistic));
 }
 
@@ -215,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) double_backward_kernel(
       grad_x[offsets[3] + g * gxs.member] = from_acc<T>((a - mean_a - d * projection) * inv);
     }
   }
-  const acc_t t = block_sum(t_sum);
+  const acc_t t = block_sum<kThreads>(t_sum);
   block_fill_statistic_channels(grad_grad_out, grad_grad_out_strides, geo, m, f, from_acc<T>(t));
 }
 

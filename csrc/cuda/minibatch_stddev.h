@@ -7,25 +7,13 @@
 // return the launch error (cudaGetLastError), not errors of the asynchronous execution.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../minibatch_stddev_layout.h"
+#include "accumulate_type.h"
 
 namespace ganops {
 namespace cuda_kernels {
-
-template <typename T>
-struct AccumulateType {
-  using type = float;
-};
-template <>
-struct AccumulateType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccumulateType<T>::type;
 
 // out[N, C + F, H, W] = cat(x, statistic).
 template <typename T>

@@ -8,33 +8,13 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <type_traits>
 
 #include "../minibatch_stddev_common.h"
+#include "binding_utils.h"
 #include "minibatch_stddev.h"
 
 namespace ganops {
 namespace {
-
-// The CUDA type with the same bits as torch's scalar_t: the kernels are instantiated for CUDA's types.
-template <typename scalar_t>
-using cuda_type_t = std::conditional_t<
-    std::is_same_v<scalar_t, c10::Half>, __half,
-    std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, __nv_bfloat16, scalar_t>>;
-
-template <typename scalar_t>
-const cuda_type_t<scalar_t>* input_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const cuda_type_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-cuda_type_t<scalar_t>* output_ptr(at::Tensor& t) {
-  return reinterpret_cast<cuda_type_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
-}
-
-void check_launch(cudaError_t error, const char* op) {
-  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
-}
 
 at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
@@ -55,12 +35,11 @@ at::Tensor minibatch_stddev_backward_cuda(
   auto args = prepare_backward(grad_out, x, group_size, num_channels);
   auto grad_stat = at::empty({args.geo.M * args.geo.F}, x.options().dtype(at::toOpMathType(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_backward_cuda", [&] {
-    using acc_t = cuda_kernels::acc_type<cuda_type_t<scalar_t>>;
     check_launch(
         cuda_kernels::minibatch_stddev_backward(
             input_ptr<scalar_t>(grad_out), strides_of(grad_out), input_ptr<scalar_t>(x), strides_of(x),
-            output_ptr<scalar_t>(args.grad_x), strides_of(args.grad_x), grad_stat.mutable_data_ptr<acc_t>(),
-            args.geo, eps, at::cuda::getCurrentCUDAStream()),
+            output_ptr<scalar_t>(args.grad_x), strides_of(args.grad_x),
+            grad_stat.mutable_data_ptr<cuda_acc_t<scalar_t>>(), args.geo, eps, at::cuda::getCurrentCUDAStream()),
         "ganops::minibatch_stddev_backward_cpp");
   });
   return args.grad_x;

@@ -8,67 +8,20 @@
 
 #include <cstdint>
 
+#include "device_utils.cuh"
+
 namespace ganops {
 namespace cuda_kernels {
 namespace {
 
-// block_sum assumes every block has exactly this many threads.
+// Every block of this file has exactly this many threads, as block_sum<kThreads> requires.
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(sn_acc_type<T> v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
-
-// The sum of v over the block, returned to every thread.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t v) {
-  __shared__ acc_t warp_sums[kWarps];
-  v = warp_sum(v);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  // Readers of a previous call's warp_sums[0] must be done before it is overwritten.
-  __syncthreads();
-  if (lane == 0) {
-    warp_sums[warp] = v;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? warp_sums[lane] : acc_t(0);
-    v = warp_sum(v);
-    if (lane == 0) {
-      warp_sums[0] = v;
-    }
-  }
-  __syncthreads();
-  return warp_sums[0];
-}
-
 // work_u[r] = (W x)[r] for x = work_v; returns sum over rows of work_u[r] * weight_of_row(r) (by the block).
 template <typename T, typename RowWeight>
-__device__ sn_acc_type<T> matvec_rows(const SpectralNormForwardLayer<T>& layer, const RowWeight& weight_of_row) {
-  using acc_t = sn_acc_type<T>;
+__device__ acc_type<T> matvec_rows(const SpectralNormForwardLayer<T>& layer, const RowWeight& weight_of_row) {
+  using acc_t = acc_type<T>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   acc_t partial(0);
   for (int64_t r = warp; r < layer.rows; r += kWarps) {
@@ -83,13 +36,13 @@ __device__ sn_acc_type<T> matvec_rows(const SpectralNormForwardLayer<T>& layer, 
       partial += acc * weight_of_row(r, acc);
     }
   }
-  return block_sum(partial);
+  return block_sum<kThreads>(partial);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(
-    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t n_power_iterations, sn_acc_type<T> eps) {
-  using acc_t = sn_acc_type<T>;
+    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t n_power_iterations, acc_type<T> eps) {
+  using acc_t = acc_type<T>;
   const SpectralNormForwardLayer<T> layer = layers[blockIdx.x];
   for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
     layer.work_u[r] = to_acc(layer.u[r]);
@@ -123,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
       layer.work_v[c] = acc;
       partial += acc * acc;
     }
-    const acc_t s_squared = block_sum(partial);
+    const acc_t s_squared = block_sum<kThreads>(partial);
     const acc_t v_norm = max(sqrt(s_squared), eps);
     sigma = s_squared / v_norm;
     for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
@@ -149,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const SpectralNormBackwardLayer<T>* __restrict__ layers) {
-  using acc_t = sn_acc_type<T>;
+  using acc_t = acc_type<T>;
   const SpectralNormBackwardLayer<T> layer = layers[blockIdx.x];
   const int64_t elements = layer.rows * layer.cols;
   acc_t partial(0);
@@ -160,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SpectralNormBa
   }
   const acc_t sigma = *layer.sigma;
   // <G, W_sn> = <G, W> / sigma.
-  const acc_t projection = block_sum(partial) / sigma;
+  const acc_t projection = block_sum<kThreads>(partial) / sigma;
   for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
     const int64_t r = e / layer.cols, c = e % layer.cols;
     const acc_t g = to_acc(layer.grad[r * layer.grad_row_stride + c * layer.grad_col_stride]);
@@ -178,7 +131,7 @@ cudaError_t spectral_norm_forward(
     return cudaSuccess;
   }
   forward_kernel<T><<<static_cast<unsigned int>(num_layers), kThreads, 0, stream>>>(
-      layers, n_power_iterations, static_cast<sn_acc_type<T>>(eps));
+      layers, n_power_iterations, static_cast<acc_type<T>>(eps));
   return cudaGetLastError();
 }
 

@@ -7,25 +7,14 @@
 // descriptors live in device memory (the binding copies them there with one host-to-device copy).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "accumulate_type.h"
+
 namespace ganops {
 namespace cuda_kernels {
-
-template <typename T>
-struct SpectralNormAccumulate {
-  using type = float;
-};
-template <>
-struct SpectralNormAccumulate<double> {
-  using type = double;
-};
-template <typename T>
-using sn_acc_type = typename SpectralNormAccumulate<T>::type;
 
 // One layer of the forward: W [rows, cols] with element strides, u [rows] and v [cols] contiguous; the
 // outputs W_sn (contiguous [rows, cols]), u, v, sigma; work_u/work_v hold rows + cols accumulators.
@@ -38,9 +27,9 @@ struct SpectralNormForwardLayer {
   T* weight_sn;
   T* u_out;
   T* v_out;
-  sn_acc_type<T>* sigma;
-  sn_acc_type<T>* work_u;
-  sn_acc_type<T>* work_v;
+  acc_type<T>* sigma;
+  acc_type<T>* work_u;
+  acc_type<T>* work_v;
 };
 
 // One layer of the backward: grad_W (contiguous) = (G - <G, W> / sigma u v^T) / sigma.
@@ -52,7 +41,7 @@ struct SpectralNormBackwardLayer {
   int64_t row_stride, col_stride, rows, cols;
   const T* u;
   const T* v;
-  const sn_acc_type<T>* sigma;
+  const acc_type<T>* sigma;
   T* grad_weight;
 };
 

@@ -9,34 +9,14 @@
 
 #include <cstring>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "../spectral_norm_common.h"
+#include "binding_utils.h"
 #include "spectral_norm.h"
 
 namespace ganops {
 namespace {
-
-// The CUDA type with the same bits as torch's scalar_t: the kernels are instantiated for CUDA's types.
-template <typename scalar_t>
-using cuda_type_t = std::conditional_t<
-    std::is_same_v<scalar_t, c10::Half>, __half,
-    std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, __nv_bfloat16, scalar_t>>;
-
-template <typename scalar_t>
-const cuda_type_t<scalar_t>* input_ptr(const at::Tensor& t) {
-  return reinterpret_cast<const cuda_type_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-cuda_type_t<scalar_t>* output_ptr(at::Tensor& t) {
-  return reinterpret_cast<cuda_type_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
-}
-
-void check_launch(cudaError_t error, const char* op) {
-  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
-}
 
 // The descriptors as a device tensor of bytes: one pinned host buffer, one asynchronous copy. The caching
 // host allocator keeps the pinned buffer alive until the copy has run.
@@ -46,6 +26,18 @@ at::Tensor upload(const std::vector<Descriptor>& descriptors, const at::Device& 
   auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.mutable_data_ptr<uint8_t>(), descriptors.data(), bytes);
   return host.to(device, /*non_blocking=*/true);
+}
+
+// The fields the forward and backward descriptors share: the weight [rows, cols] with its strides, u and v.
+template <typename scalar_t, typename Layer>
+void describe_weight(Layer& layer, const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v) {
+  layer.weight = input_ptr<scalar_t>(weight);
+  layer.row_stride = weight.stride(0);
+  layer.col_stride = weight.stride(1);
+  layer.rows = weight.size(0);
+  layer.cols = weight.size(1);
+  layer.u = input_ptr<scalar_t>(u);
+  layer.v = input_ptr<scalar_t>(v);
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
@@ -67,19 +59,12 @@ spectral_norm_group_cuda(
   auto work = at::empty({work_size}, weight_mats[0].options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
     using T = cuda_type_t<scalar_t>;
-    using acc_t = cuda_kernels::sn_acc_type<T>;
+    using acc_t = acc_type<T>;
     std::vector<cuda_kernels::SpectralNormForwardLayer<T>> layers;
     acc_t* work_ptr = work.mutable_data_ptr<acc_t>();
     for (std::size_t i = 0; i < weight_mats.size(); ++i) {
-      const auto& w = weight_mats[i];
       cuda_kernels::SpectralNormForwardLayer<T> layer{};
-      layer.weight = input_ptr<scalar_t>(w);
-      layer.row_stride = w.stride(0);
-      layer.col_stride = w.stride(1);
-      layer.rows = w.size(0);
-      layer.cols = w.size(1);
-      layer.u = input_ptr<scalar_t>(us[i]);
-      layer.v = input_ptr<scalar_t>(vs[i]);
+      describe_weight<scalar_t>(layer, weight_mats[i], us[i], vs[i]);
       layer.weight_sn = output_ptr<scalar_t>(out.weight_sn[i]);
       layer.u_out = output_ptr<scalar_t>(out.u[i]);
       layer.v_out = output_ptr<scalar_t>(out.v[i]);
@@ -117,21 +102,14 @@ std::vector<at::Tensor> spectral_norm_group_backward_cuda(
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
     using T = cuda_type_t<scalar_t>;
-    using acc_t = cuda_kernels::sn_acc_type<T>;
+    using acc_t = acc_type<T>;
     std::vector<cuda_kernels::SpectralNormBackwardLayer<T>> layers;
     for (std::size_t i = 0; i < weight_mats.size(); ++i) {
-      const auto& w = weight_mats[i];
       cuda_kernels::SpectralNormBackwardLayer<T> layer{};
+      describe_weight<scalar_t>(layer, weight_mats[i], us[i], vs[i]);
       layer.grad = input_ptr<scalar_t>(grads[i]);
       layer.grad_row_stride = grads[i].stride(0);
       layer.grad_col_stride = grads[i].stride(1);
-      layer.weight = input_ptr<scalar_t>(w);
-      layer.row_stride = w.stride(0);
-      layer.col_stride = w.stride(1);
-      layer.rows = w.size(0);
-      layer.cols = w.size(1);
-      layer.u = input_ptr<scalar_t>(us[i]);
-      layer.v = input_ptr<scalar_t>(vs[i]);
       layer.sigma = sigmas[i].const_data_ptr<acc_t>();
       layer.grad_weight = output_ptr<scalar_t>(out[i]);
       layers.push_back(layer);

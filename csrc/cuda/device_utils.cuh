@@ -1,0 +1,74 @@
+// Device helpers shared by the CUDA kernels of every op (csrc/cuda/<op>.cu). Plain CUDA, no torch headers,
+// so each .cu still compiles with nvcc alone (scripts/compile_cuda_sources.sh). Only .cu files include it:
+// the bindings are compiled by the host compiler, which knows none of the intrinsics below.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "accumulate_type.h"
+
+namespace ganops {
+
+// The largest gridDim.x; launchers with one block per item refuse more items than this.
+constexpr int64_t kMaxGridX = 2147483647;
+
+// Loads convert to acc_type<T>, stores round to nearest from it.
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_type<T> v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// The sum of v over the warp, returned to every lane. The butterfly adds the same operands in the same
+// order as a shift-down tree does for lane 0, so code that reads lane 0 only gets identical bits either way.
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+// The sum of v over the block, returned to every thread, in a fixed order (deterministic). Every thread of
+// the block must call it, and the block must have exactly Threads threads: the kernel's own block size is
+// the template argument, so each kernel family gets its own shared buffer of the right size.
+template <int Threads, typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  static_assert(Threads % 32 == 0 && Threads <= 1024, "block_sum needs whole warps, at most 1024 threads");
+  constexpr int kWarpsPerBlock = Threads / 32;
+  __shared__ acc_t warp_sums[kWarpsPerBlock];
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // A previous call's readers of warp_sums[0] must be done before it is overwritten.
+  __syncthreads();
+  if (lane == 0) {
+    warp_sums[warp] = v;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    v = warp_sum(lane < kWarpsPerBlock ? warp_sums[lane] : acc_t(0));
+    if (lane == 0) {
+      warp_sums[0] = v;
+    }
+  }
+  __syncthreads();
+  return warp_sums[0];
+}
+
+}  // namespace ganops
