@@ -3,6 +3,7 @@ single-process ones (pytorch issue 47562 reports wrong gradients when DDP meets 
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -42,7 +43,11 @@ def discriminator_step_loss(discriminator, real, fake, kind: str, backend: str, 
 
 
 def _worker(rank: int, init_file: str, backends: list[str], out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    # A timeout so that a rank that dies cannot leave the other waiting for gloo's default 30 minutes.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         real, fake = make_data()
         local = slice(rank * BATCH, (rank + 1) * BATCH)

@@ -7,9 +7,8 @@ saved for backward. ganops never saves them, so the standard GAN step runs and b
 
 from __future__ import annotations
 
-import io
+import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -23,12 +22,6 @@ from ganops.spectral_norm import spectral_norm
 STEPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 def _discriminator() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -39,11 +32,14 @@ def _discriminator() -> nn.Module:
     )
 
 
-def _train(rank: int, world_size: int, port: int, results) -> None:
-    os.environ["MASTER_ADDR"] = "localhost"
-    os.environ["MASTER_PORT"] = str(port)
+def _train(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    # A rendezvous file, not a TCP port: no race for a free port with other jobs, and a timeout so a rank that
+    # dies cannot leave the other waiting for ever.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=120),
+    )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         model = nn.parallel.DistributedDataParallel(_discriminator(), broadcast_buffers=True)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -54,21 +50,16 @@ def _train(rank: int, world_size: int, port: int, results) -> None:
             loss = F.softplus(-model(real)).mean() + F.softplus(model(fake)).mean()
             loss.backward()
             optimizer.step()
-        # Bytes, not tensors: tensors shared between processes vanish when this process exits.
-        buffer = io.BytesIO()
-        torch.save(model.module.state_dict(), buffer)
-        results.put((rank, buffer.getvalue()))
+        torch.save(model.module.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable")
-def test_ddp_broadcast_buffers_two_forwards_per_step_ranks_identical():
+def test_ddp_broadcast_buffers_two_forwards_per_step_ranks_identical(tmp_path):
     world_size = 2
-    context = mp.get_context("spawn")
-    results = context.SimpleQueue()
-    mp.start_processes(_train, args=(world_size, _free_port(), results), nprocs=world_size, start_method="spawn")
-    states = {rank: torch.load(io.BytesIO(data)) for rank, data in (results.get() for _ in range(world_size))}
+    mp.spawn(_train, args=(world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size, join=True)
+    states = {rank: torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world_size)}
     initial = _discriminator().state_dict()
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
