@@ -4,13 +4,14 @@ Importing ganops never fails because triton, a GPU or the compiled extension is 
 then unavailable (``python -m ganops info`` says why).
 """
 
-from ganops import losses, nn
+from ganops import data, losses, models, nn
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
 from ganops.ops.attention import attention
 from ganops.ops.gradient_penalty import gradient_norm_penalty
 from ganops.ops.minibatch_stddev import minibatch_stddev
 from ganops.penalties import LazyRegularizer, NonFiniteGradientError, gradient_penalty
-from ganops.spectral_norm import SpectralNormGroup, convert, remove_spectral_norm, spectral_norm
+from ganops.conversion import convert
+from ganops.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
 
 __version__ = "0.1.0"
 
@@ -21,10 +22,12 @@ __all__ = [
     "SpectralNormGroup",
     "attention",
     "convert",
+    "data",
     "gradient_norm_penalty",
     "gradient_penalty",
     "losses",
     "minibatch_stddev",
+    "models",
     "nn",
     "remove_spectral_norm",
     "spectral_norm",

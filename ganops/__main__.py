@@ -1,4 +1,4 @@
-"""``python -m ganops info | bench``."""
+"""``python -m ganops info | bench | demo``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also record the measured backend ranking per op and device in ganops/measured_rankings.json",
     )
+    bench.add_argument(
+        "--e2e",
+        action="store_true",
+        help="benchmark one whole training step (G step + D step with the penalty) of SAGAN and DCGAN instead of ops",
+    )
+    demo = commands.add_parser("demo", help="train a small SAGAN or DCGAN on generated shapes; writes samples and losses")
+    from ganops import demo as demo_module
+
+    demo_module.add_arguments(demo)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo_module.main(args)
     if args.command == "info":
         print(_cli.info_text())
         return 0

@@ -197,3 +197,37 @@ def convert_state_dict(state_dict: dict[str, Tensor], source: str, spectral_norm
         else:
             raise KeyError(f"convert_state_dict: unexpected key {key!r} for source {source!r}")
     return converted
+
+
+def replace_attention_layers(model: nn.Module, layer_type: type, source: str, backend: str | None = None) -> int:
+    """Replace, in place, every submodule of ``model`` of type ``layer_type`` by an equivalent :class:`SelfAttention2d`.
+
+    ``source`` names the parameter layout of ``layer_type`` (see :func:`convert_state_dict`): ``"sagan_pytorch"``
+    layers become ``variant="sagan"``, the others ``"biggan"``. Spectral norm is kept where the source has it
+    (``weight_orig``/``u0`` keys), as ganops's; weights, power-iteration state, dtype, device and train/eval
+    mode carry over, so outputs are unchanged. Returns the number of layers replaced.
+    """
+    if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
+        raise TypeError(f"replace_attention_layers: layer_type must be an nn.Module subclass, got {layer_type!r}")
+    if source not in _SOURCE_NAMES:
+        raise ValueError(f"replace_attention_layers: source must be one of {tuple(_SOURCE_NAMES)}, got {source!r}")
+    targets = [
+        (parent, child_name, child)
+        for parent in model.modules()
+        for child_name, child in parent.named_children()
+        if isinstance(child, layer_type)
+    ]
+    for parent, child_name, layer in targets:
+        state = layer.state_dict()
+        spectral = any(key.endswith((".weight_orig", ".u0")) for key in state)
+        converted = convert_state_dict(state, source, spectral_norm=spectral)
+        theta = converted.get("theta.parametrizations.weight.original", converted.get("theta.weight"))
+        if theta is None:
+            raise KeyError(f"replace_attention_layers: no theta/query weight found in {type(layer).__name__}'s state")
+        variant = "sagan" if source == "sagan_pytorch" else "biggan"
+        replacement = SelfAttention2d(theta.shape[1], variant, spectral_norm=spectral, backend=backend)
+        replacement.to(device=theta.device, dtype=theta.dtype)
+        replacement.load_state_dict(converted)
+        replacement.train(layer.training)
+        setattr(parent, child_name, replacement)
+    return len(targets)

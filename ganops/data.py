@@ -1,0 +1,113 @@
+"""A dataset that needs no download: procedurally drawn coloured shapes.
+
+Each image is a plain background of one random colour with one to ``max_shapes`` filled shapes on it: circles,
+axis-aligned squares and triangles (equilateral, randomly rotated), each in a random saturated colour, at a
+random position and size, drawn in order so later shapes cover earlier ones. Edges are anti-aliased by 4x4
+supersampling. Images are ``[3, S, S]`` float32 in ``[-1, 1]`` (the range of a tanh generator).
+
+Everything is deterministic given the seed: image ``i`` of :class:`ShapesDataset` depends only on
+``(seed, i)``, and :func:`random_batch` only on its ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SHAPES = ("circle", "square", "triangle")
+_SUPERSAMPLING = 4
+
+
+def _check(caller: str, image_size: int, max_shapes: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
+        raise ValueError(f"{caller}: image_size must be an int >= 4, got {image_size!r}")
+    if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
+        raise ValueError(f"{caller}: max_shapes must be an int >= 1, got {max_shapes!r}")
+
+
+def _saturated_colours(count: int, generator: torch.Generator) -> Tensor:
+    """``[count, 3]`` RGB in ``[0, 1]`` from a random hue at full saturation and 0.75-1 brightness."""
+    hue = torch.rand(count, generator=generator) * 6.0
+    value = 0.75 + 0.25 * torch.rand(count, generator=generator)
+    # HSV -> RGB with saturation 1: each channel is a clipped triangle wave of the hue.
+    offsets = torch.tensor([5.0, 3.0, 1.0])
+    k = (offsets + hue[:, None]) % 6.0
+    return value[:, None] * (1.0 - torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def render(
+    kinds: Tensor, centres: Tensor, sizes: Tensor, angles: Tensor, colours: Tensor, present: Tensor,
+    background: Tensor, image_size: int,
+) -> Tensor:
+    """Images ``[B, 3, S, S]`` in ``[0, 1]`` from shape parameters ``[B, K]`` (``kinds`` indexes :data:`SHAPES`,
+    ``centres [B, K, 2]`` and ``sizes`` (half-widths / radii) in pixels, ``colours [B, K, 3]``, ``present``
+    bool) over ``background [B, 3]``."""
+    fine = image_size * _SUPERSAMPLING
+    coordinates = (torch.arange(fine, dtype=torch.float32) + 0.5) / _SUPERSAMPLING
+    y, x = coordinates[:, None], coordinates[None, :]
+    batch = kinds.shape[0]
+    images = background[:, :, None, None].expand(batch, 3, fine, fine).clone()
+    for slot in range(kinds.shape[1]):
+        dx = x - centres[:, slot, 0, None, None]
+        dy = y - centres[:, slot, 1, None, None]
+        size = sizes[:, slot, None, None]
+        circle = dx.square() + dy.square() <= size.square()
+        square = torch.maximum(dx.abs(), dy.abs()) <= size
+        # A point is inside the triangle when it is on the inner side of all three edges, whose outward
+        # normals point at angle + 90, +210 and +330 degrees; the inradius of an equilateral triangle with
+        # circumradius r is r / 2.
+        triangle = torch.ones_like(circle)
+        for corner in range(3):
+            normal = angles[:, slot, None, None] + math.pi / 2 + corner * 2 * math.pi / 3
+            triangle &= dx * torch.cos(normal) + dy * torch.sin(normal) <= size / 2
+        kind = kinds[:, slot, None, None]
+        mask = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle)) & present[:, slot, None, None]
+        images = torch.where(mask[:, None], colours[:, slot, :, None, None], images)
+    return torch.nn.functional.avg_pool2d(images, _SUPERSAMPLING)
+
+
+def random_batch(
+    batch_size: int, generator: torch.Generator, image_size: int = 32, max_shapes: int = 2
+) -> Tensor:
+    """``batch_size`` random images ``[B, 3, S, S]`` in ``[-1, 1]`` drawn with ``generator`` (a CPU generator)."""
+    _check("random_batch", image_size, max_shapes)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"random_batch: batch_size must be a positive int, got {batch_size!r}")
+    b, k, s = batch_size, max_shapes, float(image_size)
+    count = torch.randint(1, k + 1, (b, 1), generator=generator)
+    present = torch.arange(k)[None, :] < count
+    kinds = torch.randint(0, len(SHAPES), (b, k), generator=generator)
+    sizes = s * (0.12 + 0.16 * torch.rand(b, k, generator=generator))
+    # Centres keep most of each shape inside the image.
+    centres = sizes[..., None] * 0.8 + torch.rand(b, k, 2, generator=generator) * (s - 1.6 * sizes[..., None])
+    angles = torch.rand(b, k, generator=generator) * 2 * math.pi
+    colours = _saturated_colours(b * k, generator).view(b, k, 3)
+    # Dark, unsaturated backgrounds, so that every shape stands out.
+    background = 0.05 + 0.2 * torch.rand(b, 1, generator=generator) + 0.05 * torch.rand(b, 3, generator=generator)
+    images = render(kinds, centres, sizes, angles, colours, present, background, image_size)
+    return images * 2.0 - 1.0
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """``length`` images of coloured shapes; item ``i`` is ``random_batch(1, Generator(seed * 1_000_003 + i))[0]``,
+    so every item is reproducible on its own, in any order and in any worker."""
+
+    def __init__(self, length: int = 10_000, image_size: int = 32, max_shapes: int = 2, seed: int = 0) -> None:
+        _check("ShapesDataset", image_size, max_shapes)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"ShapesDataset: length must be a positive int, got {length!r}")
+        self.length = length
+        self.image_size = image_size
+        self.max_shapes = max_shapes
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"ShapesDataset: index {index} out of range for length {self.length}")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index % self.length)
+        return random_batch(1, generator, self.image_size, self.max_shapes)[0]

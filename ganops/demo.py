@@ -1,0 +1,273 @@
+"""``python -m ganops demo``: train a small SAGAN (or DCGAN) on procedurally drawn shapes (:mod:`ganops.data`).
+
+Writes ``samples.png`` (a grid of generated images next to real ones) and ``losses.png`` (the loss curves)
+into ``--output``. The defaults finish in a few minutes on two CPU cores.
+
+:class:`GANTrainer` is the training step (D step, with the gradient penalty for WGAN-GP, then G step) shared
+by the demo, the end-to-end benchmark (``benchmarks/e2e.py``) and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ganops import losses, models
+from ganops.data import random_batch
+from ganops.penalties import gradient_penalty
+
+LOSSES = ("hinge", "wgan-gp")
+# Per model: width, learning rates (G, D), Adam betas; for SAGAN TTUR (D faster) as in the paper. The SAGAN
+# width is small so that the default run takes a few minutes on two CPU cores.
+DEMO_SETTINGS = {
+    "sagan": {"width": 8, "lr_g": 2e-4, "lr_d": 4e-4, "betas": (0.0, 0.9)},
+    "dcgan": {"width": 32, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999)},
+}
+
+
+@dataclass
+class GANTrainer:
+    """One training step: a D step (loss on real and detached fake, plus the penalty for ``"wgan-gp"``),
+    then a G step. ``backend`` goes to the penalty's fused ops (``"reference"`` for the reference build)."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    loss: str = "hinge"
+    penalty_weight: float = 10.0
+    backend: str | None = None
+    history: dict[str, list[float]] = field(default_factory=lambda: {"d": [], "g": [], "penalty": []})
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"GANTrainer: loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @property
+    def loss_kind(self) -> str:
+        return "hinge" if self.loss == "hinge" else "wasserstein"
+
+    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor, record: bool = True) -> dict[str, Tensor]:
+        """One D step on ``real`` and ``G(z_d)``, one G step on ``G(z_g)``; returns the detached losses."""
+        generator, discriminator = self.generator, self.discriminator
+        self.optimizer_d.zero_grad(set_to_none=True)
+        fake = generator(z_d).detach()
+        loss_d = losses.discriminator_loss(self.loss_kind, discriminator(real), discriminator(fake))
+        penalty = torch.zeros((), dtype=real.dtype, device=real.device)
+        if self.loss == "wgan-gp":
+            penalty = gradient_penalty(
+                discriminator, real, fake, kind="wgan-gp", weight=self.penalty_weight, backend=self.backend
+            )
+        (loss_d + penalty).backward()
+        self.optimizer_d.step()
+
+        self.optimizer_g.zero_grad(set_to_none=True)
+        loss_g = losses.generator_loss(self.loss_kind, discriminator(generator(z_g)))
+        loss_g.backward()
+        self.optimizer_g.step()
+        result = {"d": loss_d.detach(), "g": loss_g.detach(), "penalty": penalty.detach()}
+        if record:
+            for key, value in result.items():
+                self.history[key].append(float(value))
+        return result
+
+
+def make_trainer(
+    model: str = "sagan",
+    loss: str = "hinge",
+    image_size: int = 32,
+    width: int | None = None,
+    z_dim: int = 64,
+    *,
+    minibatch_stddev: bool = False,
+    use_reference_ops: bool = False,
+    backend: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> GANTrainer:
+    """A :class:`GANTrainer` with the demo's models (:func:`ganops.models.build`) and Adam settings."""
+    if model not in DEMO_SETTINGS:
+        raise ValueError(f"make_trainer: model must be one of {models.MODELS}, got {model!r}")
+    settings = DEMO_SETTINGS[model]
+    generator, discriminator = models.build(
+        model, image_size, width or settings["width"], z_dim, minibatch_stddev=minibatch_stddev,
+        # Radford's batch norm in D would couple the samples that WGAN-GP penalises one by one.
+        dcgan_normalization="batch" if loss == "hinge" else "spectral",
+        use_reference_ops=use_reference_ops, backend=backend,
+    )
+    generator.to(device=device, dtype=dtype)
+    discriminator.to(device=device, dtype=dtype)
+    return GANTrainer(
+        generator,
+        discriminator,
+        torch.optim.Adam(generator.parameters(), lr=settings["lr_g"], betas=settings["betas"]),
+        torch.optim.Adam(discriminator.parameters(), lr=settings["lr_d"], betas=settings["betas"]),
+        loss=loss,
+        backend="reference" if use_reference_ops else backend,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ PNG output
+
+
+def write_png(path: Path, image: Tensor) -> None:
+    """Write ``image`` (``[3, H, W]`` floats in ``[0, 1]``) as an 8-bit RGB PNG using only zlib, so the sample
+    grid needs no imaging library."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"write_png: image must be [3, H, W], got shape {tuple(image.shape)}")
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    height, width = pixels.shape[:2]
+    # Each row starts with filter type 0 (none).
+    raw = b"".join(b"\x00" + bytes(row.flatten().tolist()) for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    )
+
+
+def image_grid(images: Tensor, columns: int, scale: int = 1, padding: int = 2) -> Tensor:
+    """``[N, 3, H, W]`` in ``[-1, 1]`` -> one ``[3, H', W']`` image in ``[0, 1]``, ``columns`` wide, each image
+    enlarged ``scale`` times (nearest), on a white background."""
+    images = (images.detach().float().cpu() + 1) / 2
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    count, _, height, width = images.shape
+    rows = -(-count // columns)
+    grid = torch.ones(3, rows * (height + padding) + padding, columns * (width + padding) + padding)
+    for index in range(count):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[:, top : top + height, left : left + width] = images[index]
+    return grid
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    result, total = [], 0.0
+    for index, value in enumerate(values):
+        total += value
+        if index >= window:
+            total -= values[index - window]
+        result.append(total / min(index + 1, window))
+    return result
+
+
+def write_loss_curve(path: Path, history: dict[str, list[float]], title: str) -> str:
+    """The loss curves as a PNG: with matplotlib when installed, else a plain line plot drawn here (no axes
+    labels). Returns which of the two was written."""
+    series = {name: values for name, values in history.items() if values and any(v != 0 for v in values)}
+    window = max(1, len(next(iter(series.values()), [])) // 50)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _draw_curves_without_matplotlib(path, {k: _moving_average(v, window) for k, v in series.items()})
+        return "plain (matplotlib is not installed: `pip install matplotlib` for axes and a legend)"
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, values in series.items():
+        axes.plot(values, alpha=0.25, linewidth=0.8)
+        axes.plot(_moving_average(values, window), label=f"{name} (moving average of {window})", color=axes.lines[-1].get_color())
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return "matplotlib"
+
+
+_CURVE_COLOURS = ((0.8, 0.1, 0.1), (0.1, 0.3, 0.8), (0.1, 0.6, 0.2))
+
+
+def _draw_curves_without_matplotlib(path: Path, series: dict[str, list[float]], height: int = 240, width: int = 480) -> None:
+    canvas = torch.ones(3, height, width)
+    canvas[:, height // 2, :] = 0.85  # a faint centre line as the only guide
+    values = [v for curve in series.values() for v in curve]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    span = (high - low) or 1.0
+    for colour, curve in zip(_CURVE_COLOURS, series.values()):
+        for index, value in enumerate(curve):
+            column = round(index * (width - 1) / max(1, len(curve) - 1))
+            row = round((high - value) / span * (height - 1))
+            canvas[:, max(0, row - 1) : row + 1, column] = torch.tensor(colour)[:, None]
+    write_png(path, canvas)
+
+
+# ------------------------------------------------------------------------------------------------ the demo
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=models.MODELS, default="sagan", help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=400, help="training steps, one D step + one G step each (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    parser.add_argument("--loss", choices=LOSSES, default="hinge", help="wgan-gp adds the gradient penalty to the D step (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=32, help="a power of two >= 8 (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=None, help="channel width; default per model (see DEMO_SETTINGS)")
+    parser.add_argument("--minibatch-stddev", action="store_true", help="add the minibatch stddev head to D")
+    parser.add_argument("--output", default="ganops-demo", help="folder for samples.png and losses.png (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda; default: cuda if available")
+    parser.add_argument("--backend", default=None, help="ganops backend for every op; default: auto")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the models, the data and the noise (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train as ``args`` says, write both PNGs; returns the PNG paths, the training time and the loss history."""
+    from tqdm import tqdm
+
+    if args.steps < 1 or args.batch_size < 2:
+        raise SystemExit(f"demo: --steps must be >= 1 and --batch-size >= 2, got {args.steps} and {args.batch_size}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    z_dim = 64
+    trainer = make_trainer(
+        args.model, args.loss, args.image_size, args.width, z_dim, minibatch_stddev=args.minibatch_stddev,
+        backend=args.backend, device=device,
+    )
+    data = torch.Generator().manual_seed(args.seed)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tqdm(range(args.steps), desc=f"{args.model} {args.loss}", unit="step") as progress:
+        for step in progress:
+            real = random_batch(args.batch_size, data, args.image_size).to(device)
+            z = torch.randn(2, args.batch_size, z_dim, device=device)
+            result = trainer.step(real, z[0], z[1])
+            if step % 10 == 0 or step == args.steps - 1:
+                elapsed = time.perf_counter() - started
+                progress.set_postfix(
+                    loss_d=f"{float(result['d']):.3f}", loss_g=f"{float(result['g']):.3f}",
+                    gp=f"{float(result['penalty']):.3f}", steps_per_s=f"{(step + 1) / elapsed:.2f}",
+                )
+    seconds = time.perf_counter() - started
+    trainer.generator.eval()
+    with torch.no_grad():
+        samples = trainer.generator(torch.randn(48, z_dim, device=device))
+    reals = random_batch(16, torch.Generator().manual_seed(args.seed + 1), args.image_size)
+    scale = max(1, 64 // args.image_size)
+    grid = torch.cat([image_grid(samples, 8, scale), image_grid(reals, 8, scale)], dim=1)
+    samples_path, curve_path = output / "samples.png", output / "losses.png"
+    write_png(samples_path, grid)
+    kind = write_loss_curve(curve_path, trainer.history, f"{args.model}, {args.loss}, batch {args.batch_size}")
+    print(f"trained {args.steps} steps in {seconds:.1f} s ({args.steps / seconds:.2f} steps/s) on {device}")
+    print(f"samples (6 rows generated, 2 rows real below): {samples_path}")
+    print(f"loss curve ({kind}): {curve_path}")
+    return {"samples": samples_path, "losses": curve_path, "seconds": seconds, "history": trainer.history}
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
