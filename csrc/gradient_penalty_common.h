@@ -46,6 +46,15 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
       grad_out.device() == grad.device(), op, ": expected grad_out on ", grad.device(), ", got ", grad_out.device());
 }
 
+inline void check_interpolate_inputs(const char* op, const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
+  check_batch_tensor(op, "real", real);
+  check_like(op, "fake", fake, real, "real");
+  check_floating(op, "eps", eps);
+  TORCH_CHECK(
+      eps.dim() == 1 && eps.size(0) == real.size(0), op, ": expected eps of shape [", real.size(0), "], got ", eps.sizes());
+  TORCH_CHECK(eps.device() == real.device(), op, ": expected eps on ", real.device(), ", got ", eps.device());
+}
+
 inline void check_center(const char* op, double center) {
   TORCH_CHECK(center >= 0 && center < std::numeric_limits<double>::infinity(), op, ": center must be a finite float >= 0, got ", center);
 }

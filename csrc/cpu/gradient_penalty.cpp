@@ -225,12 +225,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
 
 at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
   constexpr const char* op = "ganops::gradient_penalty_interpolate_cpp";
-  check_batch_tensor(op, "real", real);
-  check_like(op, "fake", fake, real, "real");
-  check_floating(op, "eps", eps);
-  TORCH_CHECK(
-      eps.dim() == 1 && eps.size(0) == real.size(0), op, ": expected eps of shape [", real.size(0), "], got ", eps.sizes());
-  TORCH_CHECK(eps.device() == real.device(), op, ": expected eps on ", real.device(), ", got ", eps.device());
+  check_interpolate_inputs(op, real, fake, eps);
   const bool channels_last = is_channels_last(real);
   const at::Tensor real_rows = sample_rows(real, channels_last);
   const at::Tensor fake_rows = sample_rows(fake, channels_last);
