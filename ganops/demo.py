@@ -216,6 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--loss", choices=LOSSES, default="hinge", help="wgan-gp adds the gradient penalty to the D step (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=32, help="a power of two >= 8 (default: %(default)s)")
+    parser.add_argument("--max-shapes", type=int, default=2, help="shapes per training image, 1 to this (default: %(default)s)")
     parser.add_argument("--width", type=int, default=None, help="channel width; default per model (see DEMO_SETTINGS)")
     parser.add_argument("--minibatch-stddev", action="store_true", help="add the minibatch stddev head to D")
     parser.add_argument("--output", default="ganops-demo", help="folder for samples.png and losses.png (default: %(default)s)")
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with tqdm(range(args.steps), desc=f"{args.model} {args.loss}", unit="step") as progress:
         for step in progress:
-            real = random_batch(args.batch_size, data, args.image_size).to(device)
+            real = random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
             z = torch.randn(2, args.batch_size, z_dim, device=device)
             result = trainer.step(real, z[0], z[1])
             if step % 10 == 0 or step == args.steps - 1:
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     trainer.generator.eval()
     with torch.no_grad():
         samples = trainer.generator(torch.randn(48, z_dim, device=device))
-    reals = random_batch(16, torch.Generator().manual_seed(args.seed + 1), args.image_size)
+    reals = random_batch(16, torch.Generator().manual_seed(args.seed + 1), args.image_size, args.max_shapes)
     scale = max(1, 64 // args.image_size)
     grid = torch.cat([image_grid(samples, 8, scale), image_grid(reals, 8, scale)], dim=1)
     samples_path, curve_path = output / "samples.png", output / "losses.png"

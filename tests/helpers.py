@@ -67,3 +67,38 @@ def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         return padded[:, 1:-1, :, ::2]
     raise ValueError(layout)
 
+
+
+def _run_then_exit(rank: int, worker, *args) -> None:
+    """Run ``worker(rank, *args)`` in a spawned process, then leave with ``os._exit``.
+
+    Skipping interpreter shutdown is deliberate: when a DistributedDataParallel model is freed there, its
+    Reducer drops the last reference to the gloo process group, whose destructor joins a gloo thread that waits
+    for the GIL the destructor holds (a deadlock seen in CI with torch 2.13).
+    """
+    import sys
+    import traceback
+
+    try:
+        worker(rank, *args)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def spawn_workers(worker, args: tuple, nprocs: int, timeout_s: float = 180.0) -> None:
+    """``torch.multiprocessing.spawn`` with a deadline: fail (killing the workers) instead of hanging CI."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_run_then_exit, args=(worker, *args), nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"distributed workers did not finish within {timeout_s:.0f} s")

@@ -9,11 +9,10 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from ganops.demo import make_trainer
-from helpers import require_backend
+from helpers import require_backend, spawn_workers
 
 WORLD_SIZE = 2
 BATCH = 4  # per rank: one minibatch-stddev group
@@ -56,7 +55,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_ddp_training_steps_keep_ranks_in_agreement(tmp_path):
     require_backend("cpp")
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn_workers(_worker, (str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for part in ("generator", "discriminator"):
         for key, value in ranks[0][part].items():

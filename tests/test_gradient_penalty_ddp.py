@@ -8,11 +8,11 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from ganops import _backend
 from ganops.penalties import gradient_penalty
+from helpers import spawn_workers
 
 WORLD_SIZE = 2
 BATCH = 4  # per process
@@ -83,7 +83,7 @@ def test_ddp_parameter_gradients_equal_single_process(tmp_path):
     backends = [name for name in _backend.BACKENDS if _backend.unavailable_reason(name, "cpu") is None]
     assert "reference" in backends
     init_file = tmp_path / "rendezvous"
-    mp.spawn(_worker, args=(str(init_file), backends, str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn_workers(_worker, (str(init_file), backends, str(tmp_path)), nprocs=WORLD_SIZE)
     per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for backend in backends:
         for kind in ("r1", "wgan-gp"):

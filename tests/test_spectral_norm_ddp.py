@@ -13,11 +13,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from ganops.spectral_norm import spectral_norm
+from helpers import spawn_workers
 
 STEPS = 3
 
@@ -58,7 +58,7 @@ def _train(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable")
 def test_ddp_broadcast_buffers_two_forwards_per_step_ranks_identical(tmp_path):
     world_size = 2
-    mp.spawn(_train, args=(world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size, join=True)
+    spawn_workers(_train, (world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size)
     states = {rank: torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world_size)}
     initial = _discriminator().state_dict()
     for key, value in states[0].items():
