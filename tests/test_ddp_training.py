@@ -55,7 +55,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_ddp_training_steps_keep_ranks_in_agreement(tmp_path):
     require_backend("cpp")
-    spawn_workers(_worker, (str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE)
+    spawn_workers(_worker, (str(tmp_path),), nprocs=WORLD_SIZE, rendezvous_dir=tmp_path)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for part in ("generator", "discriminator"):
         for key, value in ranks[0][part].items():

@@ -82,8 +82,7 @@ def single_process_grads(kind: str, backend: str) -> list[torch.Tensor]:
 def test_ddp_parameter_gradients_equal_single_process(tmp_path):
     backends = [name for name in _backend.BACKENDS if _backend.unavailable_reason(name, "cpu") is None]
     assert "reference" in backends
-    init_file = tmp_path / "rendezvous"
-    spawn_workers(_worker, (str(init_file), backends, str(tmp_path)), nprocs=WORLD_SIZE)
+    spawn_workers(_worker, (backends, str(tmp_path)), nprocs=WORLD_SIZE, rendezvous_dir=tmp_path)
     per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for backend in backends:
         for kind in ("r1", "wgan-gp"):

@@ -32,7 +32,7 @@ def _discriminator() -> nn.Module:
     )
 
 
-def _train(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _train(rank: int, init_file: str, world_size: int, out_dir: str) -> None:
     # A rendezvous file, not a TCP port: no race for a free port with other jobs, and a timeout so a rank that
     # dies cannot leave the other waiting for ever.
     dist.init_process_group(
@@ -58,7 +58,7 @@ def _train(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable")
 def test_ddp_broadcast_buffers_two_forwards_per_step_ranks_identical(tmp_path):
     world_size = 2
-    spawn_workers(_train, (world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size)
+    spawn_workers(_train, (world_size, str(tmp_path)), nprocs=world_size, rendezvous_dir=tmp_path)
     states = {rank: torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world_size)}
     initial = _discriminator().state_dict()
     for key, value in states[0].items():
