@@ -11,10 +11,20 @@ backends have no double backward; their failure there is a result, not a bug.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Case, compiled, dtype_name, ganops_implementations
+from benchmarks.harness import (
+    Case,
+    compiled,
+    double_backward,
+    dtype_name,
+    forward_backward,
+    forward_only,
+    ganops_implementations,
+)
 from ganops.ops.attention import attention
 
 OP = "attention"
@@ -59,25 +69,10 @@ def _sdpa_padded(q, k, v):
     return F.scaled_dot_product_attention(q, k, v_padded, scale=SCALE)[..., : v.shape[-1]]
 
 
-def _forward_only(forward):
-    return lambda q, k, v, grad_out, *cotangents: forward(q, k, v)
 
 
-def _forward_backward(forward):
-    def run(q, k, v, grad_out, *cotangents):
-        return torch.autograd.grad(forward(q, k, v), (q, k, v), grad_out)
-
-    return run
 
 
-def _double_backward(forward):
-    """The gradient-penalty pattern: first derivatives with create_graph, then the gradient of a function of them."""
-
-    def run(q, k, v, grad_out, *cotangents):
-        grads = torch.autograd.grad(forward(q, k, v), (q, k, v), grad_out, create_graph=True)
-        return torch.autograd.grad(grads, (q, k, v, grad_out), cotangents)
-
-    return run
 
 
 # Useful matmul FLOPs per (batch, query, key) pair, as multiples of (Dqk, Dv): forward S and P v; backward
@@ -108,7 +103,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     else:
         shapes = CPU_QUICK_SHAPES if quick else CPU_SHAPES
         dtypes = [torch.float32]
-    directions = {"forward": _forward_only, "forward+backward": _forward_backward, "double backward": _double_backward}
+    directions = {"forward": partial(forward_only, num_inputs=3), "forward+backward": partial(forward_backward, num_inputs=3), "double backward": partial(double_backward, num_inputs=3)}
     result = []
     for name, batch, n_q, n_k, d_qk, d_v in shapes:
         for dtype in dtypes:

@@ -11,10 +11,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from benchmarks.harness import Case, compiled, dtype_name, ganops_implementations
+from benchmarks.harness import (
+    Case,
+    compiled,
+    double_backward,
+    dtype_name,
+    forward_backward,
+    forward_only,
+    ganops_implementations,
+)
 from ganops.ops.gradient_penalty import gradient_norm_penalty
 from ganops.penalties import gradient_penalty
 
@@ -26,23 +36,10 @@ def _penalty_with(backend: str):
     return lambda g: gradient_norm_penalty(g, CENTER, backend=backend)
 
 
-def _forward_only(penalty):
-    return lambda g, grad_out, gg: penalty(g)
 
 
-def _forward_backward(penalty):
-    def run(g, grad_out, gg):
-        return torch.autograd.grad(penalty(g), g, grad_out)
-
-    return run
 
 
-def _double_backward(penalty):
-    def run(g, grad_out, gg):
-        (first,) = torch.autograd.grad(penalty(g), g, grad_out, create_graph=True)
-        return torch.autograd.grad(first, (g, grad_out), gg)
-
-    return run
 
 
 def _penalty_cases(device: torch.device, quick: bool) -> list[Case]:
@@ -52,9 +49,9 @@ def _penalty_cases(device: torch.device, quick: bool) -> list[Case]:
         shapes = [(64, 3, 64, 64)] if quick else [(64, 3, 64, 64), (256, 3, 64, 64), (64, 3, 128, 128), (64, 3, 256, 256)]
     dtypes = [torch.float32] if device.type == "cpu" or quick else [torch.float32, torch.bfloat16]
     directions = {
-        "forward": (_forward_only, 1),
-        "forward+backward": (_forward_backward, 3),
-        "double backward": (_double_backward, 6),
+        "forward": (partial(forward_only, num_inputs=1), 1),
+        "forward+backward": (partial(forward_backward, num_inputs=1), 3),
+        "double backward": (partial(double_backward, num_inputs=1), 6),
     }
     result = []
     for shape in shapes:

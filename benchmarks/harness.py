@@ -77,6 +77,33 @@ def compiled(fn: Callable) -> Callable:
     return torch.compile(fn)
 
 
+def forward_only(forward: Callable, num_inputs: int) -> Callable:
+    """A runner ``(*inputs, grad_out, *cotangents)`` that times ``forward(*inputs)`` alone."""
+    return lambda *arguments: forward(*arguments[:num_inputs])
+
+
+def forward_backward(forward: Callable, num_inputs: int) -> Callable:
+    """A runner ``(*inputs, grad_out, *cotangents)`` that times forward and the gradients of the inputs."""
+
+    def run(*arguments):
+        inputs, grad_out = arguments[:num_inputs], arguments[num_inputs]
+        return torch.autograd.grad(forward(*inputs), inputs, grad_out)
+
+    return run
+
+
+def double_backward(forward: Callable, num_inputs: int) -> Callable:
+    """A runner ``(*inputs, grad_out, *cotangents)`` for the gradient-penalty pattern: first derivatives with
+    ``create_graph``, then the gradient of their product with ``cotangents`` w.r.t. the inputs and ``grad_out``."""
+
+    def run(*arguments):
+        inputs, grad_out, cotangents = arguments[:num_inputs], arguments[num_inputs], arguments[num_inputs + 1 :]
+        grads = torch.autograd.grad(forward(*inputs), inputs, grad_out, create_graph=True)
+        return torch.autograd.grad(grads, (*inputs, grad_out), cotangents)
+
+    return run
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 import ganops
-from benchmarks.harness import Case, compiled, dtype_name, ganops_implementations
+from benchmarks.harness import Case, compiled, double_backward, dtype_name, forward_backward, forward_only, ganops_implementations
 
 OP = "minibatch_stddev"
 GROUP_SIZE, NUM_CHANNELS, EPS = 4, 1, 1e-8
@@ -18,31 +20,18 @@ def _forward_with(backend: str):
     return lambda x: ganops.minibatch_stddev(x, GROUP_SIZE, NUM_CHANNELS, EPS, backend=backend)
 
 
-def _forward_backward(forward):
-    def run(x, grad_out, grad_grad_x):
-        return torch.autograd.grad(forward(x), x, grad_out)
-
-    return run
 
 
-def _double_backward(forward):
-    def run(x, grad_out, grad_grad_x):
-        (grad_x,) = torch.autograd.grad(forward(x), x, grad_out, create_graph=True)
-        return torch.autograd.grad(grad_x, (x, grad_out), grad_grad_x)
-
-    return run
 
 
-def _forward_only(forward):
-    return lambda x, grad_out, grad_grad_x: forward(x)
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
     dtypes = [torch.float32] if device.type == "cpu" or quick else [torch.float32, torch.bfloat16]
     directions = {
-        "forward": (_forward_only, lambda n, c, hw: n * (2 * c + NUM_CHANNELS) * hw),
-        "forward+backward": (_forward_backward, lambda n, c, hw: n * (3 * c + NUM_CHANNELS) * hw),
-        "double backward": (_double_backward, lambda n, c, hw: n * (6 * c + 2 * NUM_CHANNELS) * hw),
+        "forward": (partial(forward_only, num_inputs=1), lambda n, c, hw: n * (2 * c + NUM_CHANNELS) * hw),
+        "forward+backward": (partial(forward_backward, num_inputs=1), lambda n, c, hw: n * (3 * c + NUM_CHANNELS) * hw),
+        "double backward": (partial(double_backward, num_inputs=1), lambda n, c, hw: n * (6 * c + 2 * NUM_CHANNELS) * hw),
     }
     result = []
     for shape in SHAPES:

@@ -42,6 +42,18 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert error <= tolerance, f"relative error {error:.3e} > {tolerance:.0e}"
 
 
+def autograd_derivatives(function, x: torch.Tensor, grad_out: torch.Tensor, grad_grad_x: torch.Tensor):
+    """``(out, grad_x, grad_grad_out, grad_grad_x_wrt_x)`` of a one-input ``function`` via autograd: the output, the
+    gradient of ``<out, grad_out>`` w.r.t. ``x``, and the gradients of ``<grad_x, grad_grad_x>`` w.r.t. ``grad_out``
+    and ``x`` (what an op's double backward must produce)."""
+    x = x.detach().requires_grad_()
+    grad_out = grad_out.detach().requires_grad_()
+    out = function(x)
+    (grad_x,) = torch.autograd.grad(out, x, grad_out, create_graph=True)
+    grad_grad_out, second = torch.autograd.grad(grad_x, (grad_out, x), grad_grad_x)
+    return out, grad_x, grad_grad_out, second
+
+
 def require_backend(backend: str, device_type: str = "cpu") -> None:
     """Skip if ``backend`` cannot run here, unless ``GANOPS_REQUIRE_BACKENDS`` lists it (then fail)."""
     reason = _backend.unavailable_reason(backend, device_type)

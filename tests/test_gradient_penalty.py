@@ -19,7 +19,7 @@ from ganops.attention_block import SelfAttention2d
 from ganops.ops.gradient_penalty import gradient_norm_penalty, interpolate
 from ganops.penalties import KINDS, LazyRegularizer, NonFiniteGradientError, gradient_penalty
 from ganops.reference import gradient_penalty as reference
-from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, in_layout, relative_error, require_backend
+from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, autograd_derivatives, in_layout, relative_error, require_backend
 
 ALL_BACKENDS = ("reference",) + KERNEL_BACKENDS
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -41,14 +41,6 @@ def independent_penalty(grad: torch.Tensor, center: float, one_sided: bool) -> t
     return torch.stack(terms).mean()
 
 
-def autograd_derivatives(function, grad: torch.Tensor, grad_out: torch.Tensor, grad_grad_grad: torch.Tensor):
-    """(penalty, its gradient w.r.t. grad, and the gradients of <that, grad_grad_grad> w.r.t. grad_out and grad)."""
-    grad = grad.detach().requires_grad_()
-    grad_out = grad_out.detach().requires_grad_()
-    value = function(grad)
-    (first,) = torch.autograd.grad(value, grad, grad_out, create_graph=True)
-    second_out, second = torch.autograd.grad(first, (grad_out, grad), grad_grad_grad)
-    return value, first, second_out, second
 
 
 def cancellation_floors(grad, grad_out, grad_grad_grad, center: float) -> dict[str, float]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import ganops
 from ganops import _triton
 from ganops.reference import minibatch_stddev as reference
-from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, in_layout, relative_error, require_backend
+from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, autograd_derivatives, in_layout, relative_error, require_backend
 
 ALL_BACKENDS = ("reference",) + KERNEL_BACKENDS
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -46,14 +46,6 @@ def independent_minibatch_stddev(x: torch.Tensor, group_size: int, num_channels:
     return torch.cat([x, extra], dim=1)
 
 
-def autograd_derivatives(function, x: torch.Tensor, grad_out: torch.Tensor, grad_grad_x: torch.Tensor):
-    """(out, grad_x, grad of <grad_x, grad_grad_x> w.r.t. grad_out and x) of ``function`` via autograd."""
-    x = x.detach().requires_grad_()
-    grad_out = grad_out.detach().requires_grad_()
-    out = function(x)
-    (grad_x,) = torch.autograd.grad(out, x, grad_out, create_graph=True)
-    grad_grad_out, second = torch.autograd.grad(grad_x, (grad_out, x), grad_grad_x)
-    return out, grad_x, grad_grad_out, second
 
 
 @given(problem=problems(), eps=st.sampled_from([0.0, 1e-8, 1e-2]), seed=st.integers(0, 2**16))
