@@ -1,7 +1,9 @@
 """``python -m ganops demo``: train a small SAGAN (or DCGAN) on procedurally drawn shapes (:mod:`ganops.data`).
 
 Writes ``samples.png`` (a grid of generated images next to real ones) and ``losses.png`` (the loss curves)
-into ``--output``. The defaults finish in a few minutes on two CPU cores.
+into ``--output``. The defaults (SAGAN, hinge loss, 16x16 images, 1000 steps of two D steps and one G step)
+finish in a few minutes on two CPU cores; ``--image-size 32`` puts the self-attention on a 32x32 map as in SAGAN,
+at about six times the cost per step.
 
 :class:`GANTrainer` is the training step (D step, with the gradient penalty for WGAN-GP, then G step) shared
 by the demo, the end-to-end benchmark (``benchmarks/e2e.py``) and the tests.
@@ -24,10 +26,11 @@ from ganops.data import random_batch
 from ganops.penalties import gradient_penalty
 
 LOSSES = ("hinge", "wgan-gp")
-# Per model: width, learning rates (G, D), Adam betas; for SAGAN TTUR (D faster) as in the paper. The SAGAN
-# width is small so that the default run takes a few minutes on two CPU cores.
+# Per model: width, learning rates (G, D), Adam betas. SAGAN keeps the paper's betas and a faster D, at higher
+# rates: with 2e-4 / 4e-4 and width 8 a run of a few CPU minutes ends on colour blobs, while 1e-3 / 2e-3 with
+# width 32, two D steps per G step, at 16x16 gives flat shapes in 1000 steps (benchmarks/NOTES.md: what was tried).
 DEMO_SETTINGS = {
-    "sagan": {"width": 8, "lr_g": 2e-4, "lr_d": 4e-4, "betas": (0.0, 0.9)},
+    "sagan": {"width": 32, "lr_g": 1e-3, "lr_d": 2e-3, "betas": (0.0, 0.9)},
     "dcgan": {"width": 32, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999)},
 }
 
@@ -54,11 +57,12 @@ class GANTrainer:
     def loss_kind(self) -> str:
         return "hinge" if self.loss == "hinge" else "wasserstein"
 
-    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor, record: bool = True) -> dict[str, Tensor]:
-        """One D step on ``real`` and ``G(z_d)``, one G step on ``G(z_g)``; returns the detached losses."""
+    def discriminator_step(self, real: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """One D update on ``real`` and ``G(z)``; returns the detached D loss and penalty (0 for hinge)."""
         generator, discriminator = self.generator, self.discriminator
         self.optimizer_d.zero_grad(set_to_none=True)
-        fake = generator(z_d).detach()
+        with torch.no_grad():
+            fake = generator(z)
         loss_d = losses.discriminator_loss(self.loss_kind, discriminator(real), discriminator(fake))
         penalty = torch.zeros((), dtype=real.dtype, device=real.device)
         if self.loss == "wgan-gp":
@@ -67,12 +71,20 @@ class GANTrainer:
             )
         (loss_d + penalty).backward()
         self.optimizer_d.step()
+        return loss_d.detach(), penalty.detach()
 
+    def generator_step(self, z: Tensor) -> Tensor:
+        """One G update on ``G(z)``; returns the detached G loss."""
         self.optimizer_g.zero_grad(set_to_none=True)
-        loss_g = losses.generator_loss(self.loss_kind, discriminator(generator(z_g)))
+        loss_g = losses.generator_loss(self.loss_kind, self.discriminator(self.generator(z)))
         loss_g.backward()
         self.optimizer_g.step()
-        result = {"d": loss_d.detach(), "g": loss_g.detach(), "penalty": penalty.detach()}
+        return loss_g.detach()
+
+    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor, record: bool = True) -> dict[str, Tensor]:
+        """One D step on ``real`` and ``G(z_d)``, one G step on ``G(z_g)``; returns the detached losses."""
+        loss_d, penalty = self.discriminator_step(real, z_d)
+        result = {"d": loss_d, "g": self.generator_step(z_g), "penalty": penalty}
         if record:
             for key, value in result.items():
                 self.history[key].append(float(value))
@@ -176,9 +188,11 @@ def write_loss_curve(path: Path, history: dict[str, list[float]], title: str) ->
         _draw_curves_without_matplotlib(path, {k: _moving_average(v, window) for k, v in series.items()})
         return "plain (matplotlib is not installed: `pip install matplotlib` for axes and a legend)"
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    averages = {name: _moving_average(values, window) for name, values in series.items()}
     for name, values in series.items():
         axes.plot(values, alpha=0.25, linewidth=0.8)
-        axes.plot(_moving_average(values, window), label=f"{name} (moving average of {window})", color=axes.lines[-1].get_color())
+        axes.plot(averages[name], label=f"{name} (moving average of {window})", color=axes.lines[-1].get_color())
+    axes.set_ylim(*_settled_range(averages))
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)
@@ -188,6 +202,15 @@ def write_loss_curve(path: Path, history: dict[str, list[float]], title: str) ->
     figure.savefig(path)
     plt.close(figure)
     return "matplotlib"
+
+
+def _settled_range(curves: dict[str, list[float]], margin: float = 0.25) -> tuple[float, float]:
+    """The y range of ``curves`` after their first 5% of steps, widened by ``margin`` of itself on both sides:
+    the losses of the first few steps are often tens of times larger than the rest and would flatten it."""
+    settled = [value for curve in curves.values() for value in curve[len(curve) // 20 :]] or [0.0]
+    low, high = min(settled), max(settled)
+    pad = margin * (high - low) or 1.0
+    return low - pad, high + pad
 
 
 _CURVE_COLOURS = ((0.8, 0.1, 0.1), (0.1, 0.3, 0.8), (0.1, 0.6, 0.2))
@@ -212,10 +235,15 @@ def _draw_curves_without_matplotlib(path: Path, series: dict[str, list[float]], 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=models.MODELS, default="sagan", help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=400, help="training steps, one D step + one G step each (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps: --d-steps D steps, then one G step (default: %(default)s)")
+    parser.add_argument("--d-steps", type=int, default=2, help="D steps per G step, each on a new batch (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--loss", choices=LOSSES, default="hinge", help="wgan-gp adds the gradient penalty to the D step (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=32, help="a power of two >= 8 (default: %(default)s)")
+    parser.add_argument(
+        "--image-size", type=int, default=16,
+        help="a power of two >= 8; SAGAN's self-attention runs on the 32x32 map, or on the whole image when it is "
+        "smaller. 16 learns shapes within a few CPU minutes; 32 costs about 6x more per step (default: %(default)s)",
+    )
     parser.add_argument("--max-shapes", type=int, default=2, help="shapes per training image, 1 to this (default: %(default)s)")
     parser.add_argument("--width", type=int, default=None, help="channel width; default per model (see DEMO_SETTINGS)")
     parser.add_argument("--minibatch-stddev", action="store_true", help="add the minibatch stddev head to D")
@@ -229,8 +257,11 @@ def run(args: argparse.Namespace) -> dict:
     """Train as ``args`` says, write both PNGs; returns the PNG paths, the training time and the loss history."""
     from tqdm import tqdm
 
-    if args.steps < 1 or args.batch_size < 2:
-        raise SystemExit(f"demo: --steps must be >= 1 and --batch-size >= 2, got {args.steps} and {args.batch_size}")
+    if args.steps < 1 or args.d_steps < 1 or args.batch_size < 2:
+        raise SystemExit(
+            f"demo: --steps and --d-steps must be >= 1 and --batch-size >= 2, got {args.steps}, {args.d_steps} and "
+            f"{args.batch_size}"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     z_dim = 64
@@ -244,6 +275,9 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with tqdm(range(args.steps), desc=f"{args.model} {args.loss}", unit="step") as progress:
         for step in progress:
+            for _ in range(args.d_steps - 1):
+                real = random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
+                trainer.discriminator_step(real, torch.randn(args.batch_size, z_dim, device=device))
             real = random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
             z = torch.randn(2, args.batch_size, z_dim, device=device)
             result = trainer.step(real, z[0], z[1])

@@ -11,7 +11,7 @@ import torch
 
 from ganops import __main__ as cli
 from ganops.data import ShapesDataset, random_batch, render
-from ganops.demo import image_grid, write_loss_curve, write_png
+from ganops.demo import GANTrainer, _settled_range, image_grid, write_loss_curve, write_png
 
 
 def _read_png(path) -> torch.Tensor:
@@ -103,9 +103,33 @@ def test_demo_trains_and_writes_both_pngs(tmp_path, model, loss, capsys):
     assert "trained 3 steps" in output and "samples.png" in output
 
 
+def test_demo_takes_d_steps_discriminator_steps_per_generator_step(tmp_path, monkeypatch):
+    counts = {"d": 0, "g": 0}
+    discriminator_step, generator_step = GANTrainer.discriminator_step, GANTrainer.generator_step
+
+    def counting_discriminator_step(self, real, z):
+        counts["d"] += 1
+        return discriminator_step(self, real, z)
+
+    def counting_generator_step(self, z):
+        counts["g"] += 1
+        return generator_step(self, z)
+
+    monkeypatch.setattr(GANTrainer, "discriminator_step", counting_discriminator_step)
+    monkeypatch.setattr(GANTrainer, "generator_step", counting_generator_step)
+    arguments = [
+        "demo", "--steps", "2", "--d-steps", "3", "--batch-size", "4", "--image-size", "8", "--width", "8",
+        "--output", str(tmp_path), "--device", "cpu", "--backend", "cpp",
+    ]
+    assert cli.main(arguments) == 0
+    assert counts == {"d": 6, "g": 2}
+
+
 def test_demo_rejects_bad_settings(tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--steps", "0", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="d-steps"):
+        cli.main(["demo", "--d-steps", "0", "--output", str(tmp_path)])
     with pytest.raises(SystemExit):
         cli.main(["demo", "--model", "stylegan"])
 
@@ -119,3 +143,10 @@ def test_loss_curve_without_matplotlib_is_still_a_png(tmp_path, monkeypatch):
     # Two coloured curves on white: some pixels are neither white nor grey.
     coloured = (curve.max(dim=0).values.int() - curve.min(dim=0).values.int()) > 100
     assert coloured.sum() >= 8
+
+
+def test_loss_curve_range_leaves_out_the_first_steps_spike():
+    curves = {"d": [40.0, 10.0] + [1.0, 2.0] * 19, "g": [-30.0] + [0.0] * 39}
+    low, high = _settled_range(curves)
+    assert (low, high) == (-0.5, 2.5)
+    assert _settled_range({"d": [3.0] * 10}) == (2.0, 4.0)
