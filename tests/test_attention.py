@@ -285,6 +285,43 @@ def test_bad_arguments_raise_clear_errors(args, kwargs, error, message):
         attention(*args, **kwargs)
 
 
+def _autocast_case(device: str, dtype: torch.dtype, backend: str) -> None:
+    q, k, v = (t.to(device) for t in random_inputs(((2,), 20, 12, 8, 16), torch.float32, seed=5))
+    q = q.to(dtype)  # a query projection already in the autocast dtype next to float32 keys and values
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+    with torch.autocast(device, dtype=dtype):
+        out = attention(*inputs, 1.0, backend=backend)
+        sdpa = F.scaled_dot_product_attention(*inputs, scale=1.0)
+        first = torch.autograd.grad(out.float().square().sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum(g.float().square().sum() for g in first), inputs)
+    assert out.dtype == sdpa.dtype == dtype
+    assert [g.dtype for g in first] == [g.dtype for g in second] == [dtype, torch.float32, torch.float32]
+    cast = [t.detach().to(dtype).double().requires_grad_() for t in (q, k, v)]
+    expected_out = reference.attention(*cast, 1.0)
+    expected_first = torch.autograd.grad(expected_out.square().sum(), cast, create_graph=True)
+    expected_second = torch.autograd.grad(sum(g.square().sum() for g in expected_first), cast)
+    tolerance = 3 * KERNEL_TOLERANCE[dtype]
+    assert relative_error(out.double(), expected_out.detach()) < tolerance
+    for actual, expected in zip((*first, *second), (*expected_first, *expected_second)):
+        assert relative_error(actual.double(), expected.detach()) < tolerance
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_autocast_casts_inputs_to_its_dtype_like_sdpa(backend):
+    """Under CPU autocast (bfloat16) float32 q, k, v, even mixed with bfloat16 ones, go to bfloat16 as SDPA's do;
+    the result and its first and second derivatives match the float64 reference on the cast inputs."""
+    require_attention_backend(backend)
+    _autocast_case("cpu", torch.bfloat16, backend)
+
+
+def test_autocast_leaves_float64_alone_and_mixed_dtypes_fail_outside_it():
+    q, k, v = random_inputs(((1,), 6, 5, 4, 3), torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention(q, k, v, backend="reference").dtype == torch.float64
+    with pytest.raises(TypeError, match="same dtype"):
+        attention(q.float(), k, v, backend="reference")
+
+
 def test_tensors_on_different_devices_are_rejected():
     q = torch.randn(3, 4)
     k = torch.randn(5, 4, device="meta")
@@ -659,6 +696,14 @@ def test_cuda_matches_reference(backend, dtype, problem):
         [c.double() for c in cotangents],
     )
     assert_derivatives_close(actual, expected, dtype, logit_magnitude(q, k, 1.0), slack=2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_casts_inputs_to_its_dtype_like_sdpa(backend, dtype):
+    require_attention_backend(backend, "cuda")
+    _autocast_case("cuda", dtype, backend)
 
 
 @pytest.mark.gpu

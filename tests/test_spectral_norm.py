@@ -276,6 +276,28 @@ def test_vectors_update_in_training_mode_only(backend):
     assert not torch.equal(sn._u, before[0])
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_autocast_keeps_the_normalisation_in_float32_like_torch(backend):
+    """Under autocast torch's spectral norm computes the weight from the float32 parameter in float32 (only the
+    layer's matmul runs in bfloat16); ganops's gives the same weight, vectors and layer output."""
+    require_backend(backend)
+    layer = nn.Conv2d(4, 6, 3)
+    torch.manual_seed(0)  # both draw their initial vectors from the global generator
+    ours = spectral_norm(copy.deepcopy(layer), n_power_iterations=2, backend=backend)
+    torch.manual_seed(0)
+    theirs = torch_parametrizations.spectral_norm(copy.deepcopy(layer), n_power_iterations=2)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ours, out_theirs = ours(x), theirs(x)
+        weight_ours, weight_theirs = ours.weight, theirs.weight
+    assert weight_ours.dtype == weight_theirs.dtype == torch.float32
+    assert out_ours.dtype == out_theirs.dtype == torch.bfloat16
+    assert relative_error(weight_ours, weight_theirs) < 1e-6
+    sn_ours, sn_theirs = ours.parametrizations.weight[0], theirs.parametrizations.weight[0]
+    assert relative_error(sn_ours._u, sn_theirs._u) < 1e-6 and relative_error(sn_ours._v, sn_theirs._v) < 1e-6
+    assert relative_error(out_ours.float(), out_theirs.float()) < KERNEL_TOLERANCE[torch.bfloat16]
+
+
 def test_one_dimensional_weight_is_plain_normalisation():
     module = spectral_norm(nn.Linear(3, 4), name="bias", eps=1e-6)
     assert torch.allclose(module.bias, F.normalize(module.parametrizations.bias.original, dim=0, eps=1e-6))

@@ -207,6 +207,16 @@ def _flatten_batch(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+def _autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Under autocast attention is a matmul-like op, as SDPA is: float16/32 inputs go to the autocast dtype
+    (float64 stays, as autocast leaves it), so projections of mixed precision can meet here."""
+    if not all(isinstance(t, Tensor) for t in (q, k, v)) or not torch.is_autocast_enabled(q.device.type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(q.device.type)
+    cast = tuple(t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t for t in (q, k, v))
+    return cast[0], cast[1], cast[2]
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -232,8 +242,10 @@ def attention(
             :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
 
     Returns:
-        ``[..., Nq, Dv]`` tensor of ``q``'s dtype.
+        ``[..., Nq, Dv]`` tensor of ``q``'s dtype; under ``torch.autocast`` q, k and v are first cast to the
+        autocast dtype (float64 excepted), like ``scaled_dot_product_attention``.
     """
+    q, k, v = _autocast_inputs(q, k, v)
     scale = check_arguments(q, k, v, scale)
     chosen = _backend.select(OP_NAME, q.device.type, backend)
     if chosen == "reference":
