@@ -238,6 +238,22 @@ def test_torch_compile_fullgraph(backend):
         assert relative_error(got.double(), want) < 1e-5
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_torch_compile_fullgraph_under_autocast(backend):
+    """The autocast cast compiles without graph breaks and gives what eager autocast gives."""
+    require_attention_backend(backend)
+    torch._dynamo.reset()
+    q, k, v = random_inputs(((2,), 18, 7, 4, 6), torch.float32)
+
+    def block(q, k, v):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return attention(q.bfloat16(), k, v, 1.0, backend=backend)
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")(q, k, v)
+    assert compiled.dtype == torch.bfloat16
+    assert relative_error(compiled.double(), block(q, k, v).double()) < KERNEL_TOLERANCE[torch.bfloat16]
+
+
 @pytest.mark.parametrize("backend", ["cpp"])
 def test_torch_compile_inductor(backend):
     require_attention_backend(backend)
