@@ -245,7 +245,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "smaller. 16 learns shapes within a few CPU minutes; 32 took 5.9x as long per step on 2 CPU cores (default: %(default)s)",
     )
     parser.add_argument("--max-shapes", type=int, default=2, help="shapes per training image, 1 to this (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=None, help="channel width; default per model (see DEMO_SETTINGS)")
+    widths = ", ".join(f"{model} {settings['width']}" for model, settings in DEMO_SETTINGS.items())
+    parser.add_argument("--width", type=int, default=None, help=f"channel width (default per model: {widths})")
     parser.add_argument("--minibatch-stddev", action="store_true", help="add the minibatch stddev head to D")
     parser.add_argument("--output", default="ganops-demo", help="folder for samples.png and losses.png (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda; default: cuda if available")
