@@ -273,15 +273,17 @@ def run(args: argparse.Namespace) -> dict:
     data = torch.Generator().manual_seed(args.seed)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+
+    def next_real_batch() -> Tensor:
+        return random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
+
     started = time.perf_counter()
     with tqdm(range(args.steps), desc=f"{args.model} {args.loss}", unit="step") as progress:
         for step in progress:
             for _ in range(args.d_steps - 1):
-                real = random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
-                trainer.discriminator_step(real, torch.randn(args.batch_size, z_dim, device=device))
-            real = random_batch(args.batch_size, data, args.image_size, args.max_shapes).to(device)
+                trainer.discriminator_step(next_real_batch(), torch.randn(args.batch_size, z_dim, device=device))
             z = torch.randn(2, args.batch_size, z_dim, device=device)
-            result = trainer.step(real, z[0], z[1])
+            result = trainer.step(next_real_batch(), z[0], z[1])
             if step % 10 == 0 or step == args.steps - 1:
                 elapsed = time.perf_counter() - started
                 progress.set_postfix(
