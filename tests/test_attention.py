@@ -278,6 +278,34 @@ def test_float32_without_tf32_is_exact():
     assert_close(attention(q, k, v, 1.0, allow_tf32=False, backend="triton").double(), expected, torch.float32)
 
 
+def test_default_tf32_follows_the_fp32_precision_api(monkeypatch):
+    """Once a user sets the new ``fp32_precision`` API in a way the legacy ``allow_tf32`` cannot express, reading
+    ``allow_tf32`` raises on torch 2.13+; the default path reads the new API instead."""
+    require_attention_backend("triton")
+    if not hasattr(torch.backends, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision API")
+    from ganops.triton_kernels import attention as kernels
+
+    seen = []
+    launch = kernels.forward
+    monkeypatch.setattr(kernels, "forward", lambda *args, **kwargs: seen.append(args[4]) or launch(*args, **kwargs))
+    q, k, v = random_inputs(((2,), 20, 18, 12, 48), torch.float32)
+    expected = reference.attention(q.double(), k.double(), v.double(), 1.0)
+    matmul = torch.backends.cuda.matmul
+    previous = torch.backends.fp32_precision, matmul.fp32_precision
+    try:
+        torch.backends.fp32_precision = "ieee"
+        matmul.fp32_precision = "tf32"
+        with pytest.raises(RuntimeError):
+            matmul.allow_tf32  # the mixed state this test is about
+        assert relative_error(attention(q, k, v, 1.0, backend="triton").double(), expected) < 5e-3
+        matmul.fp32_precision = "none"  # inherits the global "ieee"
+        assert_close(attention(q, k, v, 1.0, backend="triton").double(), expected, torch.float32)
+    finally:
+        torch.backends.fp32_precision, matmul.fp32_precision = previous
+    assert seen == [True, False]
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "message"),
     [

@@ -27,8 +27,6 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
-from ganops._triton import interpreter_enabled
-
 _forced_blocks: tuple[int, int] | None = None
 
 
@@ -332,14 +330,10 @@ def _double_backward_key_kernel(
 _TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _block_sizes(q: Tensor, d_qk: int, d_v: int) -> tuple[int, int]:
     if _forced_blocks is not None:
         return _forced_blocks
-    if interpreter_enabled() and q.device.type == "cpu":
+    if q.device.type == "cpu":  # Triton runs CPU tensors only in its interpreter, where small blocks are fastest
         return 16, 16
     # Registers hold a few [BLOCK, D] tiles per program: wide heads and fp64 get smaller blocks.
     widest = max(d_qk, d_v) * (2 if q.dtype == torch.float64 else 1)
@@ -350,7 +344,7 @@ def _block_sizes(q: Tensor, d_qk: int, d_v: int) -> tuple[int, int]:
     return 32, 32
 
 
-def _parameters(q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool) -> dict:
+def _parameters(q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool, compute_dtype: torch.dtype) -> dict:
     d_qk, d_v = q.shape[-1], v.shape[-1]
     block_q, block_k = _block_sizes(q, d_qk, d_v)
     interpreted = q.device.type == "cpu"
@@ -361,7 +355,7 @@ def _parameters(q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool) -> dict:
         n_q=q.shape[1], n_k=k.shape[1], d_qk=d_qk, d_v=d_v,
         BLOCK_Q=block_q, BLOCK_K=block_k,
         BLOCK_DQK=max(16, triton.next_power_of_2(d_qk)), BLOCK_DV=max(16, triton.next_power_of_2(d_v)),
-        ACC=_TRITON_DTYPES[_compute_dtype(q)],
+        ACC=_TRITON_DTYPES[compute_dtype],
         DOT_DTYPE=dot_dtype,
         PRECISION="tf32" if q.dtype == torch.float32 and allow_tf32 else "ieee",
     )
@@ -393,33 +387,37 @@ def _launch(kernel, grid_block: str, rows: int, batch: int, args: tuple, params:
             _fitting_blocks[key] = (block_q, block_k)
 
 
-def _scale_tensor(q: Tensor, scale: float) -> Tensor:
+def _scale_tensor(q: Tensor, scale: float, compute_dtype: torch.dtype) -> Tensor:
     # A Python float reaches a kernel as fp32; fp64 inputs need the scale in fp64, so it travels in memory.
-    return torch.full((1,), scale, dtype=_compute_dtype(q), device=q.device)
+    return torch.full((1,), scale, dtype=compute_dtype, device=q.device)
 
 
-def _row_stat(q: Tensor) -> Tensor:
-    return torch.empty(q.shape[:2], dtype=_compute_dtype(q), device=q.device)
+def _row_stat(q: Tensor, compute_dtype: torch.dtype) -> Tensor:
+    return torch.empty(q.shape[:2], dtype=compute_dtype, device=q.device)
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` for 3-D ``q [B, Nq, Dqk]``, ``k [B, Nk, Dqk]``, ``v [B, Nk, Dv]`` (any strides)."""
-    params = _parameters(q, k, v, allow_tf32)
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool, *, compute_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` for 3-D ``q [B, Nq, Dqk]``, ``k [B, Nk, Dqk]``, ``v [B, Nk, Dv]`` (any strides); ``lse`` and
+    every accumulation in ``compute_dtype`` (float32 or float64, the caller's rule)."""
+    params = _parameters(q, k, v, allow_tf32, compute_dtype)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-    lse = _row_stat(q)
-    args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse, _scale_tensor(q, scale))
+    lse = _row_stat(q, compute_dtype)
+    args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse, _scale_tensor(q, scale, compute_dtype))
     _launch(_forward_kernel, "BLOCK_Q", q.shape[1], q.shape[0], args, params)
     return out, lse
 
 
 def backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
+    *, compute_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    params = _parameters(q, k, v, allow_tf32)
-    delta = _row_stat(q)
+    params = _parameters(q, k, v, allow_tf32, compute_dtype)
+    delta = _row_stat(q, compute_dtype)
     delta_args = (grad_out, *grad_out.stride(), out, *out.stride(), delta)
     _launch(_delta_kernel, "BLOCK_Q", q.shape[1], q.shape[0], delta_args, params)
-    scale_tensor = _scale_tensor(q, scale)
+    scale_tensor = _scale_tensor(q, scale, compute_dtype)
     grad_q, grad_k, grad_v = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     inputs = (q, *q.stride(), k, *k.stride(), v, *v.stride(), grad_out, *grad_out.stride())
     key_args = (*inputs, grad_k, *grad_k.stride(), grad_v, *grad_v.stride(), lse, delta, scale_tensor)
@@ -432,11 +430,12 @@ def backward(
 def double_backward(
     grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
+    *, compute_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    params = _parameters(q, k, v, allow_tf32)
-    scale_tensor = _scale_tensor(q, scale)
+    params = _parameters(q, k, v, allow_tf32, compute_dtype)
+    scale_tensor = _scale_tensor(q, scale, compute_dtype)
     # Row statistics written by the query-side kernel for the key-side kernel.
-    normalized_lse, delta, rho, gamma = _row_stat(q), _row_stat(q), _row_stat(q), _row_stat(q)
+    normalized_lse, delta, rho, gamma = _row_stat(q, compute_dtype), _row_stat(q, compute_dtype), _row_stat(q, compute_dtype), _row_stat(q, compute_dtype)
     grad_do, grad_q = grad_out.new_empty(grad_out.shape), q.new_empty(q.shape)
     grad_k, grad_v = k.new_empty(k.shape), v.new_empty(v.shape)
     inputs = (

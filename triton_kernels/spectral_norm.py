@@ -29,10 +29,14 @@ _BACKWARD_COLUMNS = 12
 
 
 @triton.jit
+def _tile_mask(r, c, rows, cols):
+    return (r < rows)[:, None] & (c < cols)[None, :]
+
+
+@triton.jit
 def _tile(base, row_stride, col_stride, r, c, rows, cols, COMPUTE_DTYPE: tl.constexpr):
-    mask = (r < rows)[:, None] & (c < cols)[None, :]
     offsets = r.to(tl.int64)[:, None] * row_stride + c.to(tl.int64)[None, :] * col_stride
-    return tl.load(base + offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE), mask
+    return tl.load(base + offsets, mask=_tile_mask(r, c, rows, cols), other=0.0).to(COMPUTE_DTYPE)
 
 
 @triton.jit
@@ -76,13 +80,13 @@ def _forward_kernel(
             acc = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
             for c0 in range(0, cols, BLOCK_C):
                 c = c0 + c_base
-                tile, _ = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+                tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
                 vv = tl.load(work_v + c, mask=c < cols, other=0.0)
                 acc += tl.sum(tile * vv[None, :], axis=1)
             total += acc * tl.load(work_u + r, mask=r < rows, other=0.0)
         sigma += tl.sum(total, axis=0)
     else:
-        for _ in range(n_power_iterations):
+        for _iteration in range(n_power_iterations):
             # t = W v into work_u; u = t / max(||t||, eps).
             squares = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
             for r0 in range(0, rows, BLOCK_R):
@@ -90,7 +94,7 @@ def _forward_kernel(
                 acc = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
                 for c0 in range(0, cols, BLOCK_C):
                     c = c0 + c_base
-                    tile, _ = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+                    tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
                     vv = tl.load(work_v + c, mask=c < cols, other=0.0)
                     acc += tl.sum(tile * vv[None, :], axis=1)
                 tl.store(work_u + r, acc, mask=r < rows)
@@ -109,7 +113,7 @@ def _forward_kernel(
                 acc = tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE)
                 for r0 in range(0, rows, BLOCK_R):
                     r = r0 + r_base
-                    tile, _ = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+                    tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
                     uu = tl.load(work_u + r, mask=r < rows, other=0.0)
                     acc += tl.sum(tile * uu[:, None], axis=0)
                 tl.store(work_v + c, acc, mask=c < cols)
@@ -137,7 +141,8 @@ def _forward_kernel(
         r = r0 + r_base
         for c0 in range(0, cols, BLOCK_C):
             c = c0 + c_base
-            tile, mask = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+            mask = _tile_mask(r, c, rows, cols)
+            tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
             out = tile / sigma
             offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
             tl.store(wsn + offsets, out.to(wsn_ptr.dtype.element_ty), mask=mask)
@@ -169,8 +174,8 @@ def _backward_kernel(
         r = r0 + r_base
         for c0 in range(0, cols, BLOCK_C):
             c = c0 + c_base
-            g_tile, _ = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            w_tile, _ = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+            g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
+            w_tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
             dot += g_tile * w_tile
     # <G, W_sn> = <G, W> / sigma.
     projection = tl.sum(tl.sum(dot, axis=1), axis=0) / sigma
@@ -180,7 +185,8 @@ def _backward_kernel(
         for c0 in range(0, cols, BLOCK_C):
             c = c0 + c_base
             vv = tl.load(v + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE)
-            g_tile, mask = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
+            mask = _tile_mask(r, c, rows, cols)
+            g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
             out = (g_tile - projection * (uu[:, None] * vv[None, :])) / sigma
             offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
             tl.store(grad + offsets, out.to(grad_ptr.dtype.element_ty), mask=mask)

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from ganops import _backend, _extension
+from ganops import _backend, _dtypes, _extension
 from ganops.reference import attention as reference
 
 OP_NAME = "attention"
@@ -94,7 +94,7 @@ def _fake_double_backward(
 def _triton_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool) -> tuple[Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
-    return kernels.forward(q, k, v, scale, allow_tf32)
+    return kernels.forward(q, k, v, scale, allow_tf32, compute_dtype=_dtypes.compute_dtype(q.dtype))
 
 
 @torch.library.custom_op("ganops::attention_backward_triton", mutates_args=())
@@ -103,7 +103,9 @@ def _triton_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
-    return kernels.backward(grad_out, q, k, v, out, lse, scale, allow_tf32)
+    return kernels.backward(
+        grad_out, q, k, v, out, lse, scale, allow_tf32, compute_dtype=_dtypes.compute_dtype(q.dtype)
+    )
 
 
 @torch.library.custom_op("ganops::attention_double_backward_triton", mutates_args=())
@@ -113,7 +115,10 @@ def _triton_double_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
-    return kernels.double_backward(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32)
+    return kernels.double_backward(
+        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32,
+        compute_dtype=_dtypes.compute_dtype(q.dtype),
+    )
 
 
 @torch.library.custom_op("ganops::attention_double_backward_blockwise", mutates_args=())
@@ -217,6 +222,18 @@ def _autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, T
     return cast[0], cast[1], cast[2]
 
 
+def _matmul_allows_tf32() -> bool:
+    """torch's float32-matmul precision setting: the ``fp32_precision`` API where torch has it (reading the legacy
+    ``allow_tf32`` raises once a user has mixed the two APIs), the legacy flag before."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(torch.backends, "fp32_precision", None)
+    if precision is None:
+        return matmul.allow_tf32
+    if matmul.fp32_precision != "none":  # "none": inherit the global setting
+        precision = matmul.fp32_precision
+    return precision == "tf32"
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -237,7 +254,8 @@ def attention(
         v: ``[..., Nk, Dv]`` values.
         scale: logit scale; ``None`` means ``1/sqrt(Dqk)`` like SDPA (SAGAN/BigGAN use ``1.0``).
         allow_tf32: float32 dots of the Triton kernels on tf32 tensor cores (about 1e-3 relative error);
-            ``None`` follows ``torch.backends.cuda.matmul.allow_tf32``.
+            ``None`` follows torch's float32 matmul setting (``torch.backends.cuda.matmul.fp32_precision``, or
+            ``allow_tf32`` on a torch without it).
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; ``None`` defers to
             :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
 
@@ -259,6 +277,6 @@ def attention(
             )
         out, _ = torch.ops.ganops.attention_cpp(q3.contiguous(), k3.contiguous(), v3.contiguous(), scale)
     else:
-        tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else bool(allow_tf32)
+        tf32 = _matmul_allows_tf32() if allow_tf32 is None else bool(allow_tf32)
         out, _ = torch.ops.ganops.attention_triton(q3, k3, v3, scale, tf32)
     return out.reshape(*q.shape[:-1], v.shape[-1])
