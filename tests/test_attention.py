@@ -675,7 +675,8 @@ for dtype, (batch, n_q, n_k, d_qk, d_v) in [
 ]:
     q, k = (torch.empty(batch, n, d_qk, device="meta", dtype=dtype) for n in (n_q, n_k))
     v = torch.empty(batch, n_k, d_v, device="meta", dtype=dtype)
-    params = kernels._parameters(q, k, v, allow_tf32=dtype == torch.float32)
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    params = kernels._parameters(q, k, v, allow_tf32=dtype == torch.float32, compute_dtype=compute_dtype)
     for kernel in (kernels._forward_kernel, kernels._delta_kernel, kernels._backward_key_kernel,
                    kernels._backward_query_kernel, kernels._double_backward_query_kernel,
                    kernels._double_backward_key_kernel):
