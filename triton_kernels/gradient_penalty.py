@@ -5,9 +5,11 @@ Every tensor is seen as ``[N, D]`` sample rows (``D`` = all non-batch elements, 
 output: contiguous, or channels_last for channels_last 4-d inputs). The per-sample sums ``q_n`` (and
 ``d_n = <g_n, gg_n>`` in the double backward) are computed by a grid of ``N x splits`` programs, each summing one
 slice of a row into a partial buffer, so that a small batch with large samples still fills the GPU. Later
-kernels add the ``splits`` partials of their row in a fixed order, so results are deterministic. The scalar
+kernels add the ``splits`` partials of their row in a fixed order, so results are deterministic, in chunks of
+at most ``_SPLIT_CHUNK`` (a ``[BLOCK_N, next_pow2(splits)]`` tile, up to ``[128, 2048]``, spilled). The scalar
 outputs (the penalty and the gradient of ``go``) are reduced over ``N`` by a single program, also in a fixed
-order.
+order. Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
+65535 blocks, which ``cdiv(D, BLOCK_D)`` exceeds above ~67M elements per sample.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ganops._layout import empty_in_layout_of, memory_format_of
+from ._common import Launch, check_grid, run_launches, triton_compute_dtype
 
 # Elements per program tile of a row.
 _BLOCK_D = 1024
@@ -27,6 +29,8 @@ _BLOCK_D = 1024
 _BLOCK_N = 128
 # Aim for this many programs in the partial-sum grid (enough to fill a large GPU several times over).
 _TARGET_PROGRAMS = 2048
+# Partials of a row added per step by the kernels that reduce them (bounds the [BLOCK_N, BLOCK_S] tile).
+_SPLIT_CHUNK = 32
 
 
 @triton.jit
@@ -35,8 +39,8 @@ def _partial_sums_kernel(
     BLOCK_D: tl.constexpr, WITH_DOT: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     """``squared[n, split] = sum g^2`` (and ``dot[n, split] = sum g * other``) over one slice of row ``n``."""
-    n = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
+    n = (tl.program_id(0) // splits).to(tl.int64)
+    split = tl.program_id(0) % splits
     begin = split * span
     squares = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
     products = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
@@ -55,11 +59,13 @@ def _partial_sums_kernel(
 
 @triton.jit
 def _row_total(partial_ptr, rows, splits, BLOCK_S: tl.constexpr):
-    """The sum of the ``splits`` partials of each of ``rows`` (a block of row indices)."""
-    s = tl.arange(0, BLOCK_S)
-    mask = (s < splits)[None, :]
-    values = tl.load(partial_ptr + rows.to(tl.int64)[:, None] * splits + s[None, :], mask=mask, other=0.0)
-    return tl.sum(values, axis=1)
+    """The sum of the ``splits`` partials of each of ``rows`` (a block of row indices), ``BLOCK_S`` at a time."""
+    total = tl.zeros([rows.shape[0], BLOCK_S], dtype=partial_ptr.dtype.element_ty)
+    for start in range(0, splits, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        mask = (s < splits)[None, :]
+        total += tl.load(partial_ptr + rows.to(tl.int64)[:, None] * splits + s[None, :], mask=mask, other=0.0)
+    return tl.sum(total, axis=1)
 
 
 @triton.jit
@@ -104,16 +110,16 @@ def _penalty_value_kernel(
 def _backward_kernel(
     grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, squared_ptr, D, splits,
     center_high, center_low, two_over_n_high, two_over_n_low,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
+    n = (tl.program_id(0) // tiles).to(tl.int64)
     squared = tl.sum(_row_total(squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
     k, _ = _coefficients(
         squared, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
         ONE_SIDED,
     )
     scale = tl.load(grad_out_ptr).to(COMPUTE_DTYPE) * k
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = (tl.program_id(0) % tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = d < D
     g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     tl.store(out_ptr + n * out_sn + d.to(tl.int64) * out_sd, (scale * g).to(out_ptr.dtype.element_ty), mask=mask)
@@ -123,9 +129,9 @@ def _backward_kernel(
 def _double_backward_kernel(
     grad_out_ptr, g_ptr, g_sn, g_sd, gg_ptr, gg_sn, gg_sd, out_ptr, out_sn, out_sd, squared_ptr, dot_ptr,
     D, splits, center_high, center_low, two_over_n_high, two_over_n_low,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
+    n = (tl.program_id(0) // tiles).to(tl.int64)
     row = n + tl.zeros([1], dtype=tl.int64)
     squared = tl.sum(_row_total(squared_ptr, row, splits, BLOCK_S), axis=0)
     dot = tl.sum(_row_total(dot_ptr, row, splits, BLOCK_S), axis=0)
@@ -134,7 +140,7 @@ def _double_backward_kernel(
         ONE_SIDED,
     )
     go = tl.load(grad_out_ptr).to(COMPUTE_DTYPE)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = (tl.program_id(0) % tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = d < D
     offsets = d.to(tl.int64)
     g = tl.load(g_ptr + n * g_sn + offsets * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -163,12 +169,12 @@ def _grad_of_grad_out_kernel(
 
 @triton.jit
 def _interpolate_kernel(
-    real_ptr, r_sn, r_sd, fake_ptr, f_sn, f_sd, eps_ptr, eps_s, out_ptr, out_sn, out_sd, D,
+    real_ptr, r_sn, r_sd, fake_ptr, f_sn, f_sd, eps_ptr, eps_s, out_ptr, out_sn, out_sd, D, tiles,
     BLOCK_D: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
+    n = (tl.program_id(0) // tiles).to(tl.int64)
     weight = tl.load(eps_ptr + n * eps_s).to(COMPUTE_DTYPE)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d = (tl.program_id(0) % tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = d < D
     offsets = d.to(tl.int64)
     real = tl.load(real_ptr + n * r_sn + offsets * r_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -194,91 +200,171 @@ def _sample_rows(t: Tensor, channels_last: bool) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _is_channels_last(t: Tensor) -> bool:
-    return memory_format_of(t) == torch.channels_last
+def _block_s(splits: int) -> int:
+    return min(triton.next_power_of_2(splits), _SPLIT_CHUNK)
 
 
-def _compute_dtype(t: Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
-
-
-def _partial_sums(g_rows: Tensor, other_rows: Tensor | None) -> tuple[Tensor, Tensor | None, int]:
+def _partial_sums_plan(
+    g_rows: Tensor, other_rows: Tensor | None, compute_dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None, int, Launch]:
     """Per-row partial sums of ``g^2`` (and ``g * other``), shape ``[N * splits]`` in the compute dtype."""
     n, d = g_rows.shape
     splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, n), triton.cdiv(d, _BLOCK_D)))
     span = triton.cdiv(triton.cdiv(d, splits), _BLOCK_D) * _BLOCK_D
     splits = triton.cdiv(d, span)
-    accumulate = torch.float64 if g_rows.dtype == torch.float64 else torch.float32
-    squared = torch.empty(n * splits, dtype=accumulate, device=g_rows.device)
+    squared = torch.empty(n * splits, dtype=compute_dtype, device=g_rows.device)
     dot = torch.empty_like(squared) if other_rows is not None else None
     other = other_rows if other_rows is not None else g_rows
-    _partial_sums_kernel[(n, splits)](
-        g_rows, *g_rows.stride(), other, *other.stride(), squared, dot if dot is not None else squared,
-        d, span, splits,
-        BLOCK_D=_BLOCK_D, WITH_DOT=other_rows is not None, COMPUTE_DTYPE=_compute_dtype(g_rows),
+    inputs = 1 if other_rows is None else 2
+    launch = Launch(
+        _partial_sums_kernel, check_grid((n * splits,)),
+        (g_rows, *g_rows.stride(), other, *other.stride(), squared, dot if dot is not None else squared,
+         d, span, splits),
+        dict(BLOCK_D=_BLOCK_D, WITH_DOT=other_rows is not None, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        bytes_moved=inputs * g_rows.numel() * g_rows.element_size() + inputs * squared.numel() * squared.element_size(),
+        label=f"BD={_BLOCK_D} splits={splits}",
     )
-    return squared, dot, splits
+    return squared, dot, splits, launch
 
 
-def forward(grad: Tensor, center: float, one_sided: bool) -> Tensor:
-    rows = _sample_rows(grad, _is_channels_last(grad))
-    squared, _, splits = _partial_sums(rows, None)
+def forward_plan(
+    grad: Tensor, center: float, one_sided: bool, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
+) -> tuple[Tensor, list[Launch]]:
+    """The output of ``forward`` and its launches (partial sums, then one program for the batch mean)."""
+    rows = _sample_rows(grad, memory_format == torch.channels_last)
+    squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     out = torch.empty((), dtype=grad.dtype, device=grad.device)
-    _penalty_value_kernel[(1,)](
-        squared, out, rows.shape[0], splits, *_halves(center),
-        BLOCK_N=_BLOCK_N, BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided,
-        COMPUTE_DTYPE=_compute_dtype(grad),
+    value = Launch(
+        _penalty_value_kernel, (1,),
+        (squared, out, rows.shape[0], splits, *_halves(center)),
+        dict(BLOCK_N=_BLOCK_N, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
+             COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        bytes_moved=squared.numel() * squared.element_size(),
+        label=f"BN={_BLOCK_N} BS={_block_s(splits)}",
     )
+    return out, [partial_sums, value]
+
+
+def forward(
+    grad: Tensor, center: float, one_sided: bool, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
+) -> Tensor:
+    """``mean_n h(||g_n||)``; rows read in ``memory_format`` (that of ``grad``), sums in ``compute_dtype``."""
+    out, launches = forward_plan(grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format)
+    run_launches(launches)
     return out
 
 
-def backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
-    channels_last = _is_channels_last(grad)
+def backward_plan(
+    grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[Tensor, list[Launch]]:
+    channels_last = memory_format == torch.channels_last
     rows = _sample_rows(grad, channels_last)
-    out = empty_in_layout_of(grad, grad.shape)
+    out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
-    squared, _, splits = _partial_sums(rows, None)
+    squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     n, d = rows.shape
-    _backward_kernel[(n, triton.cdiv(d, _BLOCK_D))](
-        grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), squared, d, splits,
-        *_halves(center), *_halves(2.0 / n),
-        BLOCK_D=_BLOCK_D, BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided,
-        COMPUTE_DTYPE=_compute_dtype(grad),
+    tiles = triton.cdiv(d, _BLOCK_D)
+    scale = Launch(
+        _backward_kernel, check_grid((n * tiles,)),
+        (grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), squared, d, splits,
+         *_halves(center), *_halves(2.0 / n), tiles),
+        dict(BLOCK_D=_BLOCK_D, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
+             COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        bytes_moved=2 * rows.numel() * rows.element_size() + n * tiles * splits * squared.element_size(),
+        label=f"BD={_BLOCK_D} BS={_block_s(splits)}",
     )
+    return out, [partial_sums, scale]
+
+
+def backward(
+    grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> Tensor:
+    out, launches = backward_plan(
+        grad_out, grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format
+    )
+    run_launches(launches)
     return out
+
+
+def double_backward_plan(
+    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
+    channels_last = memory_format == torch.channels_last
+    rows = _sample_rows(grad, channels_last)
+    gg_rows = _sample_rows(grad_grad_grad, channels_last)
+    out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
+    out_rows = _sample_rows(out, channels_last)
+    squared, dot, splits, partial_sums = _partial_sums_plan(rows, gg_rows, compute_dtype)
+    n, d = rows.shape
+    tiles = triton.cdiv(d, _BLOCK_D)
+    meta = dict(BLOCK_S=_block_s(splits), ONE_SIDED=one_sided, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype))
+    grad_of_grad = Launch(
+        _double_backward_kernel, check_grid((n * tiles,)),
+        (grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), squared, dot,
+         d, splits, *_halves(center), *_halves(2.0 / n), tiles),
+        dict(BLOCK_D=_BLOCK_D, **meta),
+        bytes_moved=3 * rows.numel() * rows.element_size() + 2 * n * tiles * splits * squared.element_size(),
+        label=f"BD={_BLOCK_D} BS={meta['BLOCK_S']}",
+    )
+    grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
+    grad_of_grad_out = Launch(
+        _grad_of_grad_out_kernel, (1,),
+        (squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n)),
+        dict(BLOCK_N=_BLOCK_N, **meta),
+        bytes_moved=2 * squared.numel() * squared.element_size(),
+        label=f"BN={_BLOCK_N} BS={meta['BLOCK_S']}",
+    )
+    return (grad_grad_out, out), [partial_sums, grad_of_grad, grad_of_grad_out]
 
 
 def double_backward(
-    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool
+    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
 ) -> tuple[Tensor, Tensor]:
-    channels_last = _is_channels_last(grad)
-    rows = _sample_rows(grad, channels_last)
-    gg_rows = _sample_rows(grad_grad_grad, channels_last)
-    out = empty_in_layout_of(grad, grad.shape)
-    out_rows = _sample_rows(out, channels_last)
-    squared, dot, splits = _partial_sums(rows, gg_rows)
-    n, d = rows.shape
-    meta = dict(BLOCK_S=triton.next_power_of_2(splits), ONE_SIDED=one_sided, COMPUTE_DTYPE=_compute_dtype(grad))
-    _double_backward_kernel[(n, triton.cdiv(d, _BLOCK_D))](
-        grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), squared, dot,
-        d, splits, *_halves(center), *_halves(2.0 / n), BLOCK_D=_BLOCK_D, **meta,
+    outputs, launches = double_backward_plan(
+        grad_grad_grad, grad_out, grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format
     )
-    grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
-    _grad_of_grad_out_kernel[(1,)](
-        squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n), BLOCK_N=_BLOCK_N, **meta
-    )
-    return grad_grad_out, out
+    run_launches(launches)
+    return outputs
 
 
-def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
-    channels_last = _is_channels_last(real)
+def interpolate_plan(
+    real: Tensor, fake: Tensor, eps: Tensor, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
+) -> tuple[Tensor, list[Launch]]:
+    channels_last = memory_format == torch.channels_last
     real_rows = _sample_rows(real, channels_last)
     fake_rows = _sample_rows(fake, channels_last)
-    out = empty_in_layout_of(real, real.shape)
+    out = torch.empty(real.shape, dtype=real.dtype, device=real.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
     n, d = real_rows.shape
-    _interpolate_kernel[(n, triton.cdiv(d, _BLOCK_D))](
-        real_rows, *real_rows.stride(), fake_rows, *fake_rows.stride(), eps, eps.stride(0),
-        out_rows, *out_rows.stride(), d, BLOCK_D=_BLOCK_D, COMPUTE_DTYPE=_compute_dtype(real),
+    tiles = triton.cdiv(d, _BLOCK_D)
+    launch = Launch(
+        _interpolate_kernel, check_grid((n * tiles,)),
+        (real_rows, *real_rows.stride(), fake_rows, *fake_rows.stride(), eps, eps.stride(0),
+         out_rows, *out_rows.stride(), d, tiles),
+        dict(BLOCK_D=_BLOCK_D, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        bytes_moved=3 * real_rows.numel() * real_rows.element_size(),
+        label=f"BD={_BLOCK_D}",
     )
+    return out, [launch]
+
+
+def interpolate(
+    real: Tensor, fake: Tensor, eps: Tensor, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
+) -> Tensor:
+    out, launches = interpolate_plan(real, fake, eps, compute_dtype=compute_dtype, memory_format=memory_format)
+    run_launches(launches)
     return out
+
+
+KERNELS = {
+    "partial_sums": _partial_sums_kernel,
+    "penalty_value": _penalty_value_kernel,
+    "backward": _backward_kernel,
+    "double_backward": _double_backward_kernel,
+    "grad_of_grad_out": _grad_of_grad_out_kernel,
+    "interpolate": _interpolate_kernel,
+}

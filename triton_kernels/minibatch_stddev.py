@@ -5,15 +5,20 @@ Every kernel handles one (group slot ``m``, statistic ``f``) pair per program ro
 positions in tiles of ``[BLOCK_G, BLOCK_K]``: the ``G`` group members of each position are in one tile, so
 the mean and variance over the group are exact two-pass values computed in registers. Inputs are read
 through their strides, so contiguous, channels_last and arbitrary views need no copy.
+
+The backward runs one program per (pair, tile of ``K``) on a one-dimensional grid (grid axis 1 is limited to
+65535 blocks). ``eps`` reaches the kernels as a one-element tensor of the compute dtype: a Python float
+argument is compiled as fp32, which would give float64 inputs an fp32 ``eps``.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ganops._layout import empty_in_layout_of
+from ._common import Launch, check_grid, run_launches, scalar_tensor, triton_compute_dtype
 
 # Elements per tile; small enough that a tile of fp64 values stays in registers.
 _TILE_ELEMENTS = 1024
@@ -91,12 +96,13 @@ def _fill_statistic_channel(
 def _forward_kernel(
     x_ptr, xs_n, xs_c, xs_h, xs_w,
     out_ptr, os_n, os_c, os_h, os_w,
-    slots, groups, stats, channels, per_stat, height, width, eps,
+    slots, groups, stats, channels, per_stat, height, width, eps_ptr,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     m = pid // stats
     f = pid % stats
+    eps = tl.load(eps_ptr)
     positions = per_stat * height * width
     stddev_sum = tl.zeros([BLOCK_K], dtype=COMPUTE_DTYPE)
     for start in range(0, positions, BLOCK_K):
@@ -124,18 +130,20 @@ def _backward_kernel(
     grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
     x_ptr, xs_n, xs_c, xs_h, xs_w,
     grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
-    slots, groups, stats, channels, per_stat, height, width, eps,
+    slots, groups, stats, channels, per_stat, height, width, eps_ptr, tiles,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    m = pid // stats
-    f = pid % stats
+    pair = pid // tiles
+    m = pair // stats
+    f = pair % stats
+    eps = tl.load(eps_ptr)
     positions = per_stat * height * width
     grad_stat = _statistic_gradient(
         grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
         m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K, COMPUTE_DTYPE,
     )
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k = (pid % tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
     values, _, mask = _load_group_tile(
         x_ptr, xs_n, xs_c, xs_h, xs_w,
         m, slots, groups, f * per_stat, k, positions, height, width, BLOCK_G, COMPUTE_DTYPE,
@@ -160,12 +168,13 @@ def _double_backward_kernel(
     x_ptr, xs_n, xs_c, xs_h, xs_w,
     ggo_ptr, ggos_n, ggos_c, ggos_h, ggos_w,
     grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
-    slots, groups, stats, channels, per_stat, height, width, eps,
+    slots, groups, stats, channels, per_stat, height, width, eps_ptr,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     m = pid // stats
     f = pid % stats
+    eps = tl.load(eps_ptr)
     positions = per_stat * height * width
     grad_stat = _statistic_gradient(
         grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
@@ -205,7 +214,7 @@ def _double_backward_kernel(
     )
 
 
-def _launch_parameters(x: Tensor, groups: int, num_channels: int) -> dict:
+def _launch_parameters(x: Tensor, groups: int, num_channels: int, compute_dtype: torch.dtype) -> dict:
     n, channels, height, width = x.shape
     block_g = triton.next_power_of_2(groups)
     return dict(
@@ -218,44 +227,114 @@ def _launch_parameters(x: Tensor, groups: int, num_channels: int) -> dict:
         width=width,
         BLOCK_G=block_g,
         BLOCK_K=max(16, _TILE_ELEMENTS // block_g),
-        COMPUTE_DTYPE=tl.float64 if x.dtype.is_floating_point and x.itemsize == 8 else tl.float32,
+        COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
     )
 
 
-def forward(x: Tensor, groups: int, num_channels: int, eps: float) -> Tensor:
-    """``minibatch_stddev`` with the effective group size ``groups`` (already ``min(group_size, N)``)."""
+def _label(params: dict) -> str:
+    return f"BG={params['BLOCK_G']} BK={params['BLOCK_K']}"
+
+
+def forward_plan(
+    x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[Tensor, list[Launch]]:
+    """The output of ``forward`` (allocated in ``memory_format``) and the launch that computes it."""
     n, channels, height, width = x.shape
-    out = empty_in_layout_of(x, (n, channels + num_channels, height, width))
-    params = _launch_parameters(x, groups, num_channels)
-    grid = (params["slots"] * num_channels,)
-    _forward_kernel[grid](x, *x.stride(), out, *out.stride(), eps=eps, **params)
+    out = torch.empty(
+        (n, channels + num_channels, height, width), dtype=x.dtype, device=x.device, memory_format=memory_format
+    )
+    params = _launch_parameters(x, groups, num_channels, compute_dtype)
+    launch = Launch(
+        _forward_kernel, check_grid((params["slots"] * num_channels,)),
+        (x, *x.stride(), out, *out.stride()),
+        dict(eps_ptr=scalar_tensor(eps, compute_dtype, x.device), **params),
+        bytes_moved=(x.numel() + out.numel()) * x.element_size(),
+        label=_label(params),
+    )
+    return out, [launch]
+
+
+def forward(
+    x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> Tensor:
+    """``minibatch_stddev`` with the effective group size ``groups`` (already ``min(group_size, N)``), the
+    arithmetic in ``compute_dtype`` and the output in ``memory_format``."""
+    out, launches = forward_plan(x, groups, num_channels, eps, compute_dtype=compute_dtype, memory_format=memory_format)
+    run_launches(launches)
     return out
 
 
-def backward(grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float) -> Tensor:
-    grad_x = empty_in_layout_of(x, x.shape)
-    params = _launch_parameters(x, groups, num_channels)
+def backward_plan(
+    grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[Tensor, list[Launch]]:
+    """The output of ``backward`` and its launch: one program per (pair, ``BLOCK_K`` tile), folded onto grid
+    axis 0 (``cdiv(K, BLOCK_K)`` on axis 1 would exceed its 65535 limit on large maps)."""
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    params = _launch_parameters(x, groups, num_channels, compute_dtype)
     positions = params["per_stat"] * params["height"] * params["width"]
-    grid = (params["slots"] * num_channels, triton.cdiv(positions, params["BLOCK_K"]))
-    _backward_kernel[grid](
-        grad_out, *grad_out.stride(), x, *x.stride(), grad_x, *grad_x.stride(), eps=eps, **params
+    tiles = triton.cdiv(positions, params["BLOCK_K"])
+    pairs = params["slots"] * num_channels
+    statistic_elements = x.shape[0] * num_channels * x.shape[2] * x.shape[3]
+    launch = Launch(
+        _backward_kernel, check_grid((pairs * tiles,)),
+        (grad_out, *grad_out.stride(), x, *x.stride(), grad_x, *grad_x.stride()),
+        dict(eps_ptr=scalar_tensor(eps, compute_dtype, x.device), tiles=tiles, **params),
+        # x and grad_out's passthrough read, grad_x written; every tile program re-reads its pair's statistic
+        # channel of grad_out.
+        bytes_moved=(3 * x.numel() + tiles * statistic_elements) * x.element_size(),
+        label=_label(params),
     )
+    return grad_x, [launch]
+
+
+def backward(
+    grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> Tensor:
+    grad_x, launches = backward_plan(
+        grad_out, x, groups, num_channels, eps, compute_dtype=compute_dtype, memory_format=memory_format
+    )
+    run_launches(launches)
     return grad_x
 
 
-def double_backward(
-    grad_grad_x: Tensor, grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float
-) -> tuple[Tensor, Tensor]:
-    grad_grad_out = empty_in_layout_of(x, grad_out.shape, grad_out.dtype)
-    grad_x = empty_in_layout_of(x, x.shape)
-    params = _launch_parameters(x, groups, num_channels)
-    grid = (params["slots"] * num_channels,)
-    _double_backward_kernel[grid](
-        grad_grad_x, *grad_grad_x.stride(),
-        grad_out, *grad_out.stride(),
-        x, *x.stride(),
-        grad_grad_out, *grad_grad_out.stride(),
-        grad_x, *grad_x.stride(),
-        eps=eps, **params,
+def double_backward_plan(
+    grad_grad_x: Tensor, grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
+    """The outputs of ``double_backward`` and the launch that computes them."""
+    grad_grad_out = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=x.device, memory_format=memory_format)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    params = _launch_parameters(x, groups, num_channels, compute_dtype)
+    launch = Launch(
+        _double_backward_kernel, check_grid((params["slots"] * num_channels,)),
+        (
+            grad_grad_x, *grad_grad_x.stride(),
+            grad_out, *grad_out.stride(),
+            x, *x.stride(),
+            grad_grad_out, *grad_grad_out.stride(),
+            grad_x, *grad_x.stride(),
+        ),
+        dict(eps_ptr=scalar_tensor(eps, compute_dtype, x.device), **params),
+        # x and grad_grad_x read, grad_x written, grad_grad_out written, grad_out's statistic channel read.
+        bytes_moved=(3 * x.numel() + grad_grad_out.numel() + (grad_out.numel() - x.numel())) * x.element_size(),
+        label=_label(params),
     )
-    return grad_grad_out, grad_x
+    return (grad_grad_out, grad_x), [launch]
+
+
+def double_backward(
+    grad_grad_x: Tensor, grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float,
+    *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
+) -> tuple[Tensor, Tensor]:
+    outputs, launches = double_backward_plan(
+        grad_grad_x, grad_out, x, groups, num_channels, eps, compute_dtype=compute_dtype, memory_format=memory_format
+    )
+    run_launches(launches)
+    return outputs
+
+
+KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel, "double_backward": _double_backward_kernel}

@@ -9,6 +9,9 @@ and ``G`` once more to write the gradient.
 
 The layers are reached without packing: every tensor of a list is addressed as ``base + element offset``,
 the offset of its data from the list's first tensor, kept in one int64 table (one host-to-device copy).
+
+``eps`` reaches the kernel as a one-element tensor of the compute dtype: a Python float argument is compiled
+as fp32, which would give float64 weights an fp32 ``eps``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ganops.reference.spectral_norm import compute_dtype
+from ._common import Launch, run_launches, scalar_tensor, triton_compute_dtype
 
 BLOCK_R = 32
 BLOCK_C = 128
@@ -41,8 +44,8 @@ def _tile(base, row_stride, col_stride, r, c, rows, cols, COMPUTE_DTYPE: tl.cons
 
 @triton.jit
 def _forward_kernel(
-    meta_ptr, w_ptr, u_ptr, v_ptr, wsn_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr,
-    n_power_iterations, eps,
+    meta_ptr, w_ptr, u_ptr, v_ptr, wsn_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr, eps_ptr,
+    n_power_iterations,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVAL: tl.constexpr,
     COLUMNS: tl.constexpr,
 ):
@@ -60,6 +63,7 @@ def _forward_kernel(
     sigma_out = sigma_ptr + tl.load(row_meta + 10)
     work_u = work_ptr + tl.load(row_meta + 11)
     work_v = work_ptr + tl.load(row_meta + 12)
+    eps = tl.load(eps_ptr)
     r_base = tl.arange(0, BLOCK_R)
     c_base = tl.arange(0, BLOCK_C)
 
@@ -200,23 +204,19 @@ def _offset(tensor: Tensor, base: Tensor) -> int:
     return difference // tensor.element_size()
 
 
-def _compute_tl_dtype(dtype: torch.dtype):
-    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
-
-
-def forward(
-    weights: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float
-) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-    """``(W_sn, u, v, sigma)`` per layer for ``[R, C]`` weights of one dtype and device (any strides)."""
+def forward_plan(
+    weights: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float,
+    *, compute_dtype: torch.dtype,
+) -> tuple[tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]], list[Launch]]:
+    """The outputs of ``forward`` (allocated) and the launch that computes them."""
     device, dtype = weights[0].device, weights[0].dtype
-    acc_dtype = compute_dtype(dtype)
     us = [u.contiguous() for u in us]
     vs = [v.contiguous() for v in vs]
     weights_sn = [torch.empty(w.shape, dtype=dtype, device=device) for w in weights]
     us_out = [torch.empty_like(u) for u in us]
     vs_out = [torch.empty_like(v) for v in vs]
-    sigmas = [torch.empty((), dtype=acc_dtype, device=device) for _ in weights]
-    work = torch.empty(sum(sum(w.shape) for w in weights), dtype=acc_dtype, device=device)
+    sigmas = [torch.empty((), dtype=compute_dtype, device=device) for _ in weights]
+    work = torch.empty(sum(sum(w.shape) for w in weights), dtype=compute_dtype, device=device)
     table, position = [], 0
     for w, u, v, wsn, uo, vo, sigma in zip(weights, us, vs, weights_sn, us_out, vs_out, sigmas):
         rows, cols = w.shape
@@ -228,19 +228,39 @@ def forward(
         ])
         position += rows + cols
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
-    _forward_kernel[(len(weights),)](
-        meta, weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
-        n_power_iterations, eps,
-        BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=_compute_tl_dtype(dtype),
-        EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS,
+    elements = sum(w.numel() for w in weights)
+    vector_elements = sum(sum(w.shape) for w in weights)
+    # W is read 2n + 1 times in training (W v and W^T u per iteration, then W / sigma), twice in eval.
+    weight_reads = 2 if n_power_iterations == 0 else 2 * n_power_iterations + 1
+    launch = Launch(
+        _forward_kernel, (len(weights),),
+        (meta, weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
+         scalar_tensor(eps, compute_dtype, device), n_power_iterations),
+        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
+             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS),
+        bytes_moved=(weight_reads + 1) * elements * weights[0].element_size()
+        + vector_elements * (2 * weights[0].element_size() + 2 * (2 * n_power_iterations + 1) * work.element_size()),
+        label=f"BR={BLOCK_R} BC={BLOCK_C} iterations={n_power_iterations}",
     )
-    return weights_sn, us_out, vs_out, sigmas
+    return (weights_sn, us_out, vs_out, sigmas), [launch]
 
 
-def backward(
-    grads: list[Tensor], weights: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor]
-) -> list[Tensor]:
-    """``grad_W = (G - <G, W_sn> u v^T) / sigma`` per layer."""
+def forward(
+    weights: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float,
+    *, compute_dtype: torch.dtype,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """``(W_sn, u, v, sigma)`` per layer for ``[R, C]`` weights of one dtype and device (any strides);
+    ``sigma`` and the power-iteration arithmetic in ``compute_dtype``."""
+    outputs, launches = forward_plan(weights, us, vs, n_power_iterations, eps, compute_dtype=compute_dtype)
+    run_launches(launches)
+    return outputs
+
+
+def backward_plan(
+    grads: list[Tensor], weights: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor],
+    *, compute_dtype: torch.dtype,
+) -> tuple[list[Tensor], list[Launch]]:
+    """The outputs of ``backward`` (allocated) and the launch that computes them."""
     device, dtype = weights[0].device, weights[0].dtype
     grads = [g.to(dtype) for g in grads]
     us = [u.contiguous() for u in us]
@@ -254,8 +274,27 @@ def backward(
             _offset(u, us[0]), _offset(v, vs[0]), _offset(sigma, sigmas[0]), _offset(out, outs[0]),
         ])
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
-    _backward_kernel[(len(weights),)](
-        meta, grads[0], weights[0], us[0], vs[0], sigmas[0], outs[0],
-        BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=_compute_tl_dtype(dtype), COLUMNS=_BACKWARD_COLUMNS,
+    elements = sum(w.numel() for w in weights)
+    launch = Launch(
+        _backward_kernel, (len(weights),),
+        (meta, grads[0], weights[0], us[0], vs[0], sigmas[0], outs[0]),
+        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
+             COLUMNS=_BACKWARD_COLUMNS),
+        # G twice, W once, grad_W written once.
+        bytes_moved=4 * elements * weights[0].element_size(),
+        label=f"BR={BLOCK_R} BC={BLOCK_C}",
     )
+    return outs, [launch]
+
+
+def backward(
+    grads: list[Tensor], weights: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor],
+    *, compute_dtype: torch.dtype,
+) -> list[Tensor]:
+    """``grad_W = (G - <G, W_sn> u v^T) / sigma`` per layer."""
+    outs, launches = backward_plan(grads, weights, us, vs, sigmas, compute_dtype=compute_dtype)
+    run_launches(launches)
     return outs
+
+
+KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}

@@ -68,25 +68,40 @@ def _third_order_vjp(saved: tuple[Tensor, ...], attributes: tuple, grads: tuple[
 
 @torch.library.custom_op("ganops::gradient_penalty_triton", mutates_args=())
 def _triton_penalty(grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
 
-    return kernels.forward(grad, center, one_sided)
+    return kernels.forward(
+        grad, center, one_sided,
+        compute_dtype=compute_dtype(grad.dtype), memory_format=memory_format_of(grad),
+    )
 
 
 @torch.library.custom_op("ganops::gradient_penalty_backward_triton", mutates_args=())
 def _triton_penalty_backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
 
-    return kernels.backward(grad_out, grad, center, one_sided)
+    return kernels.backward(
+        grad_out, grad, center, one_sided,
+        compute_dtype=compute_dtype(grad.dtype), memory_format=memory_format_of(grad),
+    )
 
 
 @torch.library.custom_op("ganops::gradient_penalty_double_backward_triton", mutates_args=())
 def _triton_penalty_double_backward(
     grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool
 ) -> tuple[Tensor, Tensor]:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
 
-    return kernels.double_backward(grad_grad_grad, grad_out, grad, center, one_sided)
+    return kernels.double_backward(
+        grad_grad_grad, grad_out, grad, center, one_sided,
+        compute_dtype=compute_dtype(grad.dtype), memory_format=memory_format_of(grad),
+    )
 
 
 # ------------------------------------------------------------------------------------------- interpolation
@@ -98,9 +113,14 @@ def _fake_interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
 
 @torch.library.custom_op("ganops::gradient_penalty_interpolate_triton", mutates_args=())
 def _triton_interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
 
-    return kernels.interpolate(real, fake, eps)
+    return kernels.interpolate(
+        real, fake, eps,
+        compute_dtype=compute_dtype(real.dtype), memory_format=memory_format_of(real),
+    )
 
 
 def _save_interpolation_inputs(ctx, inputs, output) -> None:

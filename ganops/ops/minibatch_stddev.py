@@ -75,25 +75,40 @@ def _third_order_vjp(saved: tuple[Tensor, ...], attributes: tuple, grads: tuple[
 
 @torch.library.custom_op("ganops::minibatch_stddev_triton", mutates_args=())
 def _triton_forward(x: Tensor, group_size: int, num_channels: int, eps: float) -> Tensor:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
-    return kernels.forward(x, group_size, num_channels, eps)
+    return kernels.forward(
+        x, group_size, num_channels, eps,
+        compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
+    )
 
 
 @torch.library.custom_op("ganops::minibatch_stddev_backward_triton", mutates_args=())
 def _triton_backward(grad_out: Tensor, x: Tensor, group_size: int, num_channels: int, eps: float) -> Tensor:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
-    return kernels.backward(grad_out, x, group_size, num_channels, eps)
+    return kernels.backward(
+        grad_out, x, group_size, num_channels, eps,
+        compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
+    )
 
 
 @torch.library.custom_op("ganops::minibatch_stddev_double_backward_triton", mutates_args=())
 def _triton_double_backward(
     grad_grad_x: Tensor, grad_out: Tensor, x: Tensor, group_size: int, num_channels: int, eps: float
 ) -> tuple[Tensor, Tensor]:
+    from ganops._dtypes import compute_dtype
+    from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
-    return kernels.double_backward(grad_grad_x, grad_out, x, group_size, num_channels, eps)
+    return kernels.double_backward(
+        grad_grad_x, grad_out, x, group_size, num_channels, eps,
+        compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
+    )
 
 
 def _register(suffix: str) -> None:

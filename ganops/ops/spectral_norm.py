@@ -87,35 +87,47 @@ def _fake_group_backward(grads, weight_mats, us, vs, sigmas) -> list[Tensor]:
 def _triton_forward(
     weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    weight_sn, u_out, v_out, sigma = kernels.forward([weight_mat], [u], [v], n_power_iterations, eps)
+    weight_sn, u_out, v_out, sigma = kernels.forward(
+        [weight_mat], [u], [v], n_power_iterations, eps, compute_dtype=compute_dtype(weight_mat.dtype)
+    )
     return weight_sn[0], u_out[0], v_out[0], sigma[0]
 
 
 @torch.library.custom_op("ganops::spectral_norm_backward_triton", mutates_args=())
 def _triton_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
+    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    return kernels.backward([grad_sn], [weight_mat], [u], [v], [sigma])[0]
+    return kernels.backward(
+        [grad_sn], [weight_mat], [u], [v], [sigma], compute_dtype=compute_dtype(weight_mat.dtype)
+    )[0]
 
 
 @torch.library.custom_op("ganops::spectral_norm_group_triton", mutates_args=())
 def _triton_group(
     weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    return kernels.forward(weight_mats, us, vs, n_power_iterations, eps)
+    return kernels.forward(
+        weight_mats, us, vs, n_power_iterations, eps, compute_dtype=compute_dtype(weight_mats[0].dtype)
+    )
 
 
 @torch.library.custom_op("ganops::spectral_norm_group_backward_triton", mutates_args=())
 def _triton_group_backward(
     grads: list[Tensor], weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor]
 ) -> list[Tensor]:
+    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    return kernels.backward(grads, weight_mats, us, vs, sigmas)
+    return kernels.backward(
+        grads, weight_mats, us, vs, sigmas, compute_dtype=compute_dtype(weight_mats[0].dtype)
+    )
 
 
 # ---------------------------------------------------------------- autograd
