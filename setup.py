@@ -48,6 +48,10 @@ def pip_cuda_include_flags() -> list[str]:
 
 
 def extension():
+    # Sources, one stem per op: csrc/<op>.cpp (schemas) and csrc/ganops.cpp (the library and module),
+    # csrc/cpu/<op>.cpp (CPU kernels), csrc/cuda/<op>.cu (CUDA kernels) and csrc/cuda/<op>_binding.cpp
+    # (their torch glue); headers shared by an op's CPU and CUDA code are csrc/<op>.h, and the rules every
+    # op shares are csrc/common.h (plain C++, also read by nvcc) and csrc/common_torch.h.
     # The sources are C++17; the -std flag is left to torch, which adds the standard its own headers need
     # (C++17 for older releases, C++20 for recent ones such as 2.13) whenever none is given.
     flags = ["-O3"]

@@ -1,6 +1,6 @@
-// Schemas of the ganops operators and the Python module ganops._C. The kernels are registered per
-// device type by csrc/cpu/ and csrc/cuda/; the fake kernels and autograd formulas are registered in
-// Python against these exact schemas.
+// The ganops operator library itself and the Python module ganops._C. Each op's schemas are declared in
+// csrc/<op>.cpp (TORCH_LIBRARY_FRAGMENT), its kernels in csrc/cpu/<op>.cpp and csrc/cuda/<op>_binding.cpp;
+// this file holds only what belongs to the library as a whole.
 #include <Python.h>
 
 #include <torch/library.h>
@@ -19,13 +19,6 @@ bool cuda_kernels_built() {
 }  // namespace
 
 TORCH_LIBRARY(ganops, m) {
-  m.def("minibatch_stddev_cpp(Tensor x, int group_size, int num_channels, float eps) -> Tensor");
-  m.def(
-      "minibatch_stddev_backward_cpp(Tensor grad_out, Tensor x, int group_size, int num_channels, float eps) "
-      "-> Tensor");
-  m.def(
-      "minibatch_stddev_double_backward_cpp(Tensor grad_grad_x, Tensor grad_out, Tensor x, int group_size, "
-      "int num_channels, float eps) -> (Tensor, Tensor)");
   // No tensor arguments, so nothing to dispatch on: a catch-all kernel answers for every device.
   m.def("cuda_kernels_built() -> bool", &cuda_kernels_built);
 }
@@ -40,6 +33,10 @@ PyMODINIT_FUNC PyInit__C(void) {
       "_C",
       nullptr,
       -1,
+      nullptr,
+      nullptr,
+      nullptr,
+      nullptr,
       nullptr,
   };
   return PyModule_Create(&module_def);

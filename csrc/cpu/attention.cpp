@@ -1,4 +1,4 @@
-// Schemas and CPU kernels of the fused attention ops:
+// CPU kernels of the fused attention ops:
 //   out_i = sum_j softmax_j(scale * q_i . k_j) v_j,   lse_i = logsumexp_j(scale * q_i . k_j)
 // and its backward in the FlashAttention-2 form: with P_ij = exp(scale * q_i . k_j - lse_i) recomputed
 // from the saved lse and Delta_i = grad_out_i . out_i,
@@ -26,7 +26,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../attention_common.h"
+#include "../attention.h"
 
 namespace ganops {
 namespace {
@@ -35,10 +35,6 @@ namespace {
 constexpr int64_t kRowTile = 64;
 // Rows of the other side per step: the kRowTile x kChunk tiles (P and dS in the backward) stay in L2.
 constexpr int64_t kChunk = 256;
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // A strided matrix view of a tile buffer, as read by the matrix products below.
 template <typename acc_t>
@@ -288,7 +284,7 @@ constexpr const char* kBackwardOp = "ganops::attention_backward_cpp";
 std::tuple<at::Tensor, at::Tensor> attention_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const AttentionSizes n = check_attention_inputs(kForwardOp, q, k, v, scale);
-  const auto acc_dtype = attention_accumulate_type(q.scalar_type());
+  const auto acc_dtype = accumulate_dtype(q.scalar_type());
   auto out = at::empty({n.batch, n.queries, n.v_dim}, q.options().dtype(acc_dtype));
   auto lse = at::empty({n.batch, n.queries}, q.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, kForwardOp, [&] {
@@ -304,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, double scale) {
   const AttentionSizes n = check_attention_backward_inputs(kBackwardOp, grad_out, q, k, v, out, lse, scale);
-  const auto acc_dtype = attention_accumulate_type(q.scalar_type());
+  const auto acc_dtype = accumulate_dtype(q.scalar_type());
   const auto acc_options = q.options().dtype(acc_dtype);
   auto grad_q = at::empty(q.sizes(), acc_options);
   auto grad_k = at::empty(k.sizes(), acc_options);
@@ -321,13 +317,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(ganops, m) {
-  m.def("attention_cpp(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor out, Tensor lse)");
-  m.def(
-      "attention_backward_cpp(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale) "
-      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
-}
 
 TORCH_LIBRARY_IMPL(ganops, CPU, m) {
   m.impl("attention_cpp", &attention_cpu);

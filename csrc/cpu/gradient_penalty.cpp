@@ -1,13 +1,12 @@
-// Schemas and CPU kernels of the fused gradient-penalty ops. The math and notation are those of
+// CPU kernels of the fused gradient-penalty ops. The math and notation are those of
 // ganops/reference/gradient_penalty.py: per-sample sums q_n = ||g_n||^2 (and d_n = <g_n, gg_n>), the penalty
 // mean_n h(sqrt(q_n)), its backward go * k_n * g_n and its double backward.
 //
-// Tensors are processed as contiguous [N, D] sample rows (csrc/gradient_penalty_common.h). Each row is cut into
+// Tensors are processed as contiguous [N, D] sample rows (csrc/gradient_penalty.h). Each row is cut into
 // fixed blocks of kBlock elements; the blocks are the parallel tasks, and the per-row sums add the block
 // partials in block order, so results do not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -16,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../gradient_penalty_common.h"
+#include "../gradient_penalty.h"
 
 namespace ganops {
 namespace {
@@ -29,10 +28,6 @@ constexpr int64_t kBlock = 16384;
 // vectorises the loop, and each one sums only a few hundred elements of a chunk (float32 rounding stays small).
 constexpr int64_t kLanes = 16;
 constexpr int64_t kChunk = 4096;
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // Runs body(n, begin, end) over every block of every row in parallel.
 template <typename Body>
@@ -145,7 +140,7 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_
   const int64_t N = rows.size(0), D = rows.size(1);
   at::Tensor out = at::empty({}, grad.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = acc_type<scalar_t>;
     std::vector<acc_t> squared, unused;
     row_sums<scalar_t, acc_t>(rows.const_data_ptr<scalar_t>(), nullptr, N, D, squared, unused);
     acc_t total(0);
@@ -168,7 +163,7 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::T
   at::Tensor out_rows = output_rows(out, channels_last);
   const int64_t N = rows.size(0), D = rows.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = acc_type<scalar_t>;
     const scalar_t* g = rows.const_data_ptr<scalar_t>();
     scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
     std::vector<acc_t> squared, unused;
@@ -200,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
   const int64_t N = rows.size(0), D = rows.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_double_backward_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        using acc_t = acc_type<scalar_t>;
         const scalar_t* g = rows.const_data_ptr<scalar_t>();
         const scalar_t* gg = gg_rows.const_data_ptr<scalar_t>();
         scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
@@ -234,7 +229,7 @@ at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real, const at::Te
   at::Tensor out_rows = output_rows(out, channels_last);
   const int64_t N = real_rows.size(0), D = real_rows.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interpolate_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = acc_type<scalar_t>;
     const scalar_t* r = real_rows.const_data_ptr<scalar_t>();
     const scalar_t* f = fake_rows.const_data_ptr<scalar_t>();
     const double* w = weights.const_data_ptr<double>();
@@ -251,15 +246,6 @@ at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real, const at::Te
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(ganops, m) {
-  m.def("gradient_penalty_cpp(Tensor grad, float center, bool one_sided) -> Tensor");
-  m.def("gradient_penalty_backward_cpp(Tensor grad_out, Tensor grad, float center, bool one_sided) -> Tensor");
-  m.def(
-      "gradient_penalty_double_backward_cpp(Tensor grad_grad_grad, Tensor grad_out, Tensor grad, float center, "
-      "bool one_sided) -> (Tensor, Tensor)");
-  m.def("gradient_penalty_interpolate_cpp(Tensor real, Tensor fake, Tensor eps) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(ganops, CPU, m) {
   m.impl("gradient_penalty_cpp", &gradient_penalty_cpu);

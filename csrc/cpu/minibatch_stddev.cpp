@@ -3,7 +3,6 @@
 // exact two-pass mean and variance over the G group members of each position from values still in cache.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,7 +11,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../minibatch_stddev_common.h"
+#include "../minibatch_stddev.h"
 
 namespace ganops {
 namespace {
@@ -23,10 +22,6 @@ constexpr int64_t kTile = 256;
 // Positions per parallel task. Fixed rather than derived from the thread count so that the partial sums
 // of the statistics, and therefore the results, are identical whatever the number of threads.
 constexpr int64_t kBlock = 4096;
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // Calls fn(len, offsets) for each tile of the positions [block * kBlock, (block + 1) * kBlock) of pair
 // (m, f). offsets[op] is the offset of the tile's first position, member g = 0, in operand op; within a
@@ -118,7 +113,7 @@ void fill_statistic_channels(at::Tensor& out, const MinibatchStddevGeometry& geo
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, at::Tensor& out, const MinibatchStddevGeometry& geo, double eps_) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const auto walk = make_walk<2>(geo, {strides_of(x), strides_of(out)});
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
@@ -171,7 +166,7 @@ template <typename scalar_t>
 void backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& x, at::Tensor& grad_x, const MinibatchStddevGeometry& geo,
     double eps_) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const auto walk = make_walk<3>(geo, {strides_of(x), strides_of(grad_out), strides_of(grad_x)});
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   const scalar_t* go_data = grad_out.const_data_ptr<scalar_t>();
@@ -228,7 +223,7 @@ template <typename scalar_t>
 void double_backward_kernel(
     const at::Tensor& grad_grad_x, const at::Tensor& grad_out, const at::Tensor& x, at::Tensor& grad_grad_out,
     at::Tensor& grad_x, const MinibatchStddevGeometry& geo, double eps_) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const auto walk = make_walk<4>(
       geo, {strides_of(x), strides_of(grad_grad_x), strides_of(grad_grad_out), strides_of(grad_x)});
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();

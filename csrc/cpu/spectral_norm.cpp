@@ -1,13 +1,12 @@
-// Schemas of the spectral-norm ops and their CPU kernels. The math is that of
+// CPU kernels of the spectral-norm ops. The math is that of
 // ganops/reference/spectral_norm.py: power iteration u <- normalize(W v), v <- normalize(W^T u),
 // sigma = u^T W v (computed as s . v with s = W^T u, the last unnormalised v), W_sn = W / sigma, and the
-// backward grad_W = (G - <G, W_sn> u v^T) / sigma. Arithmetic in at::opmath_type (float for half types).
+// backward grad_W = (G - <G, W_sn> u v^T) / sigma. Arithmetic in acc_type (float for half types).
 //
 // Every parallel loop splits its work into fixed chunks and adds their partial sums in chunk order, so the
 // results do not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -16,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../spectral_norm_common.h"
+#include "../spectral_norm.h"
 
 namespace ganops {
 namespace {
@@ -69,7 +68,7 @@ acc_t matvec(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector
 // columns are read contiguously for row-major weights.
 template <typename scalar_t, typename acc_t>
 acc_t matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
-  const int64_t chunks = (w.cols + kColumnChunk - 1) / kColumnChunk;
+  const int64_t chunks = ceil_div(w.cols, kColumnChunk);
   std::vector<acc_t> squares(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -92,8 +91,8 @@ acc_t matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, 
 }
 
 template <typename scalar_t>
-std::vector<at::opmath_type<scalar_t>> to_acc_vector(const at::Tensor& t) {
-  using acc_t = at::opmath_type<scalar_t>;
+std::vector<acc_type<scalar_t>> to_acc_vector(const at::Tensor& t) {
+  using acc_t = acc_type<scalar_t>;
   const auto values = t.contiguous();
   const scalar_t* data = values.const_data_ptr<scalar_t>();
   return std::vector<acc_t>(data, data + values.numel());
@@ -111,7 +110,7 @@ template <typename scalar_t>
 void forward_layer(
     const at::Tensor& weight_mat, const at::Tensor& u_in, const at::Tensor& v_in, int64_t n_power_iterations,
     double eps_, at::Tensor& weight_sn, at::Tensor& u_out, at::Tensor& v_out, at::Tensor& sigma_out) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const Matrix<scalar_t> w(weight_mat);
   const acc_t eps = static_cast<acc_t>(eps_);
   auto u = to_acc_vector<scalar_t>(u_in);
@@ -153,7 +152,7 @@ template <typename scalar_t>
 void backward_layer(
     const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u_in, const at::Tensor& v_in,
     const at::Tensor& sigma_in, at::Tensor& grad_w) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const Matrix<scalar_t> g(grad_sn), w(weight_mat);
   const auto u = to_acc_vector<scalar_t>(u_in);
   const auto v = to_acc_vector<scalar_t>(v_in);
@@ -231,20 +230,6 @@ at::Tensor spectral_norm_backward_cpu(
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(ganops, m) {
-  m.def(
-      "spectral_norm_cpp(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "spectral_norm_backward_cpp(Tensor grad_sn, Tensor weight_mat, Tensor u, Tensor v, Tensor sigma) -> Tensor");
-  m.def(
-      "spectral_norm_group_cpp(Tensor[] weight_mats, Tensor[] us, Tensor[] vs, int n_power_iterations, float eps) "
-      "-> (Tensor[], Tensor[], Tensor[], Tensor[])");
-  m.def(
-      "spectral_norm_group_backward_cpp(Tensor[] grads, Tensor[] weight_mats, Tensor[] us, Tensor[] vs, "
-      "Tensor[] sigmas) -> Tensor[]");
-}
 
 TORCH_LIBRARY_IMPL(ganops, CPU, m) {
   m.impl("spectral_norm_cpp", &spectral_norm_cpu);

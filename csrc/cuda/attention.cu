@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
     acc_type<T>* __restrict__ lse, AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
-  const int64_t tiles = (s.queries + tile - 1) / tile;
+  const int64_t tiles = ceil_div(s.queries, tile);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
   const int64_t qk_stride = padded(s.qk_dim);
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     const acc_type<T>* __restrict__ lse, const acc_type<T>* __restrict__ delta, T* __restrict__ grad_q,
     AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
-  const int64_t tiles = (s.queries + tile - 1) / tile;
+  const int64_t tiles = ceil_div(s.queries, tile);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
   const int64_t qk_stride = padded(s.qk_dim), v_stride = padded(s.v_dim);
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     const acc_type<T>* __restrict__ lse, const acc_type<T>* __restrict__ delta, T* __restrict__ grad_k,
     T* __restrict__ grad_v, AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
-  const int64_t tiles = (s.keys + tile - 1) / tile;
+  const int64_t tiles = ceil_div(s.keys, tile);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
   const int64_t rows = min(int64_t(tile), s.keys - row0);
   const int64_t qk_stride = padded(s.qk_dim), v_stride = padded(s.v_dim);
@@ -418,10 +418,6 @@ cudaError_t launch(Kernel kernel, int64_t blocks, const LaunchTile& tile, cudaSt
   return cudaGetLastError();
 }
 
-int64_t tiles_of(int64_t n, int tile) {
-  return (n + tile - 1) / tile;
-}
-
 }  // namespace
 
 template <typename T>
@@ -439,7 +435,7 @@ cudaError_t attention_forward(
     return error;
   }
   return launch(
-      forward_kernel<T>, shape.batch * tiles_of(shape.queries, tile.tile), tile, stream, q, k, v, out, lse, shape,
+      forward_kernel<T>, shape.batch * ceil_div(shape.queries, tile.tile), tile, stream, q, k, v, out, lse, shape,
       tile.tile, static_cast<acc_t>(scale));
 }
 
@@ -452,7 +448,7 @@ cudaError_t attention_backward(
   const acc_t acc_scale = static_cast<acc_t>(scale);
   const int64_t rows = shape.batch * shape.queries;
   if (rows > 0) {
-    const int64_t blocks = (rows + kWarps - 1) / kWarps;
+    const int64_t blocks = ceil_div(rows, kWarps);
     if (blocks > kMaxGridX) {
       return cudaErrorInvalidConfiguration;
     }
@@ -470,12 +466,12 @@ cudaError_t attention_backward(
   }
   if (error == cudaSuccess) {
     error = launch(
-        grad_q_kernel<T>, shape.batch * tiles_of(shape.queries, q_tile.tile), q_tile, stream, grad_out, q, k, v,
+        grad_q_kernel<T>, shape.batch * ceil_div(shape.queries, q_tile.tile), q_tile, stream, grad_out, q, k, v,
         lse, static_cast<const acc_t*>(delta_workspace), grad_q, shape, q_tile.tile, acc_scale);
   }
   if (error == cudaSuccess) {
     error = launch(
-        grad_kv_kernel<T>, shape.batch * tiles_of(shape.keys, kv_tile.tile), kv_tile, stream, grad_out, q, k, v, lse,
+        grad_kv_kernel<T>, shape.batch * ceil_div(shape.keys, kv_tile.tile), kv_tile, stream, grad_out, q, k, v, lse,
         static_cast<const acc_t*>(delta_workspace), grad_k, grad_v, shape, kv_tile.tile, acc_scale);
   }
   return error;

@@ -14,7 +14,7 @@
 
 #include <cstdint>
 
-#include "accumulate_type.h"
+#include "../common.h"
 
 namespace ganops {
 namespace cuda_kernels {

@@ -8,7 +8,7 @@
 
 #include <tuple>
 
-#include "../attention_common.h"
+#include "../attention.h"
 #include "attention.h"
 #include "binding_utils.h"
 
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
   const AttentionSizes n = check_attention_inputs(kForwardOp, q, k, v, scale);
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({n.batch, n.queries, n.v_dim}, q.options());
-  auto lse = at::empty({n.batch, n.queries}, q.options().dtype(attention_accumulate_type(q.scalar_type())));
+  auto lse = at::empty({n.batch, n.queries}, q.options().dtype(accumulate_dtype(q.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), kForwardOp, [&] {
     check_attention_launch(
         cuda_kernels::attention_forward(

@@ -7,11 +7,13 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <type_traits>
 
-#include "accumulate_type.h"
+#include "../common.h"
 
 namespace ganops {
 

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "accumulate_type.h"
+#include "../common.h"
 
 namespace ganops {
 

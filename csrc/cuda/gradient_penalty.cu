@@ -29,11 +29,11 @@ struct Slices {
 };
 
 Slices slices_of(int64_t N, int64_t D) {
-  const int64_t wanted = std::max<int64_t>(1, (kTargetBlocks + N - 1) / N);
-  const int64_t most = std::max<int64_t>(1, (D + kSliceMin - 1) / kSliceMin);
+  const int64_t wanted = std::max<int64_t>(1, ceil_div(kTargetBlocks, N));
+  const int64_t most = std::max<int64_t>(1, ceil_div(D, kSliceMin));
   int64_t splits = std::min(wanted, most);
-  const int64_t span = (D + splits - 1) / splits;
-  splits = (D + span - 1) / span;
+  const int64_t span = ceil_div(D, splits);
+  splits = ceil_div(D, span);
   return {splits, span};
 }
 
@@ -179,11 +179,11 @@ __global__ void interpolate_kernel(
 }
 
 unsigned elementwise_blocks(int64_t total) {
-  return static_cast<unsigned>(std::min<int64_t>(kMaxBlocks, std::max<int64_t>(1, (total + kThreads - 1) / kThreads)));
+  return static_cast<unsigned>(std::min<int64_t>(kMaxBlocks, std::max<int64_t>(1, ceil_div(total, kThreads))));
 }
 
 unsigned row_blocks(int64_t N) {
-  return static_cast<unsigned>((N + kThreads - 1) / kThreads);
+  return static_cast<unsigned>(ceil_div(N, kThreads));
 }
 
 // Workspace layout: partial_squared [N * splits], partial_dot [N * splits], along_gg [N], along_g [N],

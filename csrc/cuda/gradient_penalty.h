@@ -12,7 +12,7 @@
 
 #include <cstdint>
 
-#include "accumulate_type.h"
+#include "../common.h"
 
 namespace ganops {
 namespace gradient_penalty_cuda {

@@ -1,16 +1,15 @@
 // Torch glue of the CUDA gradient-penalty kernels: checks and output allocation (shared with the CPU backend,
-// csrc/gradient_penalty_common.h), sample rows, workspace, device guard and current stream. Only compiled in CUDA
+// csrc/gradient_penalty.h), sample rows, workspace, device guard and current stream. Only compiled in CUDA
 // builds.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "../gradient_penalty_common.h"
+#include "../gradient_penalty.h"
 #include "binding_utils.h"
 #include "gradient_penalty.h"
 
@@ -21,7 +20,7 @@ using namespace gradient_penalty;
 
 at::Tensor workspace_for(const at::Tensor& rows) {
   const int64_t elements = gradient_penalty_cuda::workspace_elements(rows.size(0), rows.size(1));
-  return at::empty({elements}, rows.options().dtype(at::toOpMathType(rows.scalar_type())));
+  return at::empty({elements}, rows.options().dtype(accumulate_dtype(rows.scalar_type())));
 }
 
 at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, bool one_sided) {
@@ -101,7 +100,7 @@ at::Tensor gradient_penalty_interpolate_cuda(const at::Tensor& real, const at::T
   const bool channels_last = is_channels_last(real);
   const at::Tensor real_rows = sample_rows(real, channels_last);
   const at::Tensor fake_rows = sample_rows(fake, channels_last);
-  const at::Tensor weights = eps.to(at::toOpMathType(real.scalar_type())).contiguous();
+  const at::Tensor weights = eps.to(accumulate_dtype(real.scalar_type())).contiguous();
   at::Tensor out = empty_in_layout_of(real);
   at::Tensor out_rows = output_rows(out, channels_last);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interpolate_cuda", [&] {

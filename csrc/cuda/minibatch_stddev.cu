@@ -212,7 +212,7 @@ cudaError_t minibatch_stddev_backward(
     return error;
   }
   const auto walk = make_walk<3>(geo, {x_strides, grad_out_strides, grad_x_strides});
-  const int64_t blocks = std::min((total + kThreads - 1) / kThreads, kMaxBlocks);
+  const int64_t blocks = std::min(ceil_div(total, kThreads), kMaxBlocks);
   backward_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       grad_out, x, grad_x, geo, walk, grad_stat_workspace, static_cast<acc_type<T>>(eps));
   return cudaGetLastError();

@@ -9,8 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include "../common.h"
 #include "../minibatch_stddev_layout.h"
-#include "accumulate_type.h"
 
 namespace ganops {
 namespace cuda_kernels {

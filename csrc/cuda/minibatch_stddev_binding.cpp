@@ -2,14 +2,13 @@
 // backend), device guard and current stream. Only compiled in CUDA builds.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "../minibatch_stddev_common.h"
+#include "../minibatch_stddev.h"
 #include "binding_utils.h"
 #include "minibatch_stddev.h"
 
@@ -33,7 +32,7 @@ at::Tensor minibatch_stddev_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto args = prepare_backward(grad_out, x, group_size, num_channels);
-  auto grad_stat = at::empty({args.geo.M * args.geo.F}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  auto grad_stat = at::empty({args.geo.M * args.geo.F}, x.options().dtype(accumulate_dtype(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_backward_cuda", [&] {
     check_launch(
         cuda_kernels::minibatch_stddev_backward(

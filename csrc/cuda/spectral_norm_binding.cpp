@@ -11,7 +11,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../spectral_norm_common.h"
+#include "../spectral_norm.h"
 #include "binding_utils.h"
 #include "spectral_norm.h"
 
@@ -55,7 +55,7 @@ spectral_norm_group_cuda(
     work_size += weight_mats[i].size(0) + weight_mats[i].size(1);
   }
   auto out = allocate_spectral_norm_outputs(weight_mats, us, vs);
-  const auto acc_dtype = spectral_norm_sigma_dtype(weight_mats[0].scalar_type());
+  const auto acc_dtype = accumulate_dtype(weight_mats[0].scalar_type());
   auto work = at::empty({work_size}, weight_mats[0].options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
     using T = cuda_type_t<scalar_t>;

@@ -1,6 +1,7 @@
-// Input checks and output allocation of the spectral-norm ops, shared by the CPU and CUDA bindings so that
-// both backends reject the same inputs with the same messages and return the same layouts. The math is
-// that of ganops/reference/spectral_norm.py.
+// The spectral-norm ops' input checks and output allocation, shared by the CPU kernels
+// (csrc/cpu/spectral_norm.cpp) and the CUDA binding (csrc/cuda/spectral_norm_binding.cpp) so that both backends
+// reject the same inputs with the same messages and return the same layouts. Schemas: csrc/spectral_norm.cpp.
+// The math is that of ganops/reference/spectral_norm.py.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,24 +9,15 @@
 #include <tuple>
 #include <vector>
 
+#include "common_torch.h"
+
 namespace ganops {
-
-inline bool is_spectral_norm_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
-}
-
-// sigma's dtype: the accumulation dtype of the weight's dtype.
-inline at::ScalarType spectral_norm_sigma_dtype(at::ScalarType weight_dtype) {
-  return weight_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // weight_mat [R, C], u [R], v [C] of one dtype on one device.
 inline void check_spectral_norm_layer(
     const char* op, const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v) {
   TORCH_CHECK(weight_mat.dim() == 2, op, ": expected weight_mat of rank 2 [R, C], got shape ", weight_mat.sizes());
-  TORCH_CHECK(
-      is_spectral_norm_dtype(weight_mat.scalar_type()), op,
-      ": expected weight_mat of dtype float64, float32, float16 or bfloat16, got ", weight_mat.scalar_type());
+  check_floating(op, "weight_mat", weight_mat);
   TORCH_CHECK(
       weight_mat.size(0) > 0 && weight_mat.size(1) > 0, op, ": weight_mat must not be empty, got shape ",
       weight_mat.sizes());
@@ -76,9 +68,9 @@ inline void check_spectral_norm_backward_layer(
       op, ": expected grad_sn of shape ", weight_mat.sizes(), " and dtype ", weight_mat.scalar_type(), " on ",
       weight_mat.device(), ", got ", grad_sn.sizes(), " ", grad_sn.scalar_type(), " on ", grad_sn.device());
   TORCH_CHECK(
-      sigma.dim() == 0 && sigma.scalar_type() == spectral_norm_sigma_dtype(weight_mat.scalar_type()) &&
+      sigma.dim() == 0 && sigma.scalar_type() == accumulate_dtype(weight_mat.scalar_type()) &&
           sigma.device() == weight_mat.device(),
-      op, ": expected sigma to be a 0-dim ", spectral_norm_sigma_dtype(weight_mat.scalar_type()), " tensor on ",
+      op, ": expected sigma to be a 0-dim ", accumulate_dtype(weight_mat.scalar_type()), " tensor on ",
       weight_mat.device(), ", got shape ", sigma.sizes(), " ", sigma.scalar_type(), " on ", sigma.device());
 }
 
@@ -95,7 +87,7 @@ inline SpectralNormOutputs allocate_spectral_norm_outputs(
     out.weight_sn.push_back(at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous)));
     out.u.push_back(at::empty(us[i].sizes(), us[i].options()));
     out.v.push_back(at::empty(vs[i].sizes(), vs[i].options()));
-    out.sigma.push_back(at::empty({}, w.options().dtype(spectral_norm_sigma_dtype(w.scalar_type()))));
+    out.sigma.push_back(at::empty({}, w.options().dtype(accumulate_dtype(w.scalar_type()))));
   }
   return out;
 }

@@ -1,5 +1,6 @@
-// Input checks and output allocation of the attention ops, shared by the CPU kernels and the CUDA
-// binding so that both backends reject the same inputs with the same messages.
+// The attention ops' input checks, shared by the CPU kernels (csrc/cpu/attention.cpp) and the CUDA binding
+// (csrc/cuda/attention_binding.cpp) so that both backends reject the same inputs with the same messages.
+// Schemas: csrc/attention.cpp.
 //
 // Contract (ganops/ops/attention.py relies on it): q [B, Nq, Dqk], k [B, Nk, Dqk], v [B, Nk, Dv], all
 // contiguous, one floating dtype; lse [B, Nq] in the accumulation dtype (float64 for float64 inputs,
@@ -11,16 +12,13 @@
 #include <array>
 #include <cmath>
 
+#include "common_torch.h"
+
 namespace ganops {
 
 struct AttentionSizes {
   int64_t batch, queries, keys, qk_dim, v_dim;
 };
-
-// The dtype the kernels accumulate in, and the dtype of lse.
-inline at::ScalarType attention_accumulate_type(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 inline void check_attention_tensor(
     const char* op, const char* name, const char* layout, const at::Tensor& t, const at::Tensor& q) {
@@ -37,10 +35,7 @@ inline void check_attention_tensor(
 inline AttentionSizes check_attention_inputs(
     const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   TORCH_CHECK(q.defined(), op, ": q is an undefined tensor");
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-      ": q must have dtype float64, float32, float16 or bfloat16, got ", dtype);
+  check_floating(op, "q", q);
   check_attention_tensor(op, "q", "[B, Nq, Dqk]", q, q);
   check_attention_tensor(op, "k", "[B, Nk, Dqk]", k, q);
   check_attention_tensor(op, "v", "[B, Nk, Dv]", v, q);
@@ -76,7 +71,7 @@ inline AttentionSizes check_attention_backward_inputs(
   const std::array<int64_t, 2> lse_dims{sizes.batch, sizes.queries};
   const at::IntArrayRef lse_shape(lse_dims);
   TORCH_CHECK(lse.sizes() == lse_shape, op, ": lse must have shape [B, Nq] = ", lse_shape, ", got ", lse.sizes());
-  const auto lse_dtype = attention_accumulate_type(q.scalar_type());
+  const auto lse_dtype = accumulate_dtype(q.scalar_type());
   TORCH_CHECK(
       lse.scalar_type() == lse_dtype, op, ": lse must have dtype ", lse_dtype, " (as returned by the forward for ",
       q.scalar_type(), " inputs), got ", lse.scalar_type());

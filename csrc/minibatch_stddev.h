@@ -1,11 +1,15 @@
-// Input checks and output allocation of the minibatch-stddev ops, shared by the CPU and CUDA bindings so
-// that both backends reject the same inputs with the same messages and return the same layouts.
+// The minibatch-stddev ops' input checks and output allocation, shared by the CPU kernels
+// (csrc/cpu/minibatch_stddev.cpp) and the CUDA binding (csrc/cuda/minibatch_stddev_binding.cpp) so that both
+// backends reject the same inputs with the same messages and return the same layouts. Schemas:
+// csrc/minibatch_stddev.cpp. The index arithmetic lives in minibatch_stddev_layout.h because the CUDA kernels,
+// which compile without torch, need it too.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
 
+#include "common_torch.h"
 #include "minibatch_stddev_layout.h"
 
 namespace ganops {
@@ -15,10 +19,7 @@ namespace ganops {
 inline MinibatchStddevGeometry check_minibatch_stddev_input(
     const char* op, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   TORCH_CHECK(x.dim() == 4, op, ": expected x of rank 4 [N, C, H, W], got shape ", x.sizes());
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-      ": expected x of dtype float64, float32, float16 or bfloat16, got ", dtype);
+  check_floating(op, "x", x);
   const int64_t N = x.size(0), C = x.size(1);
   TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1, got ", group_size);
   TORCH_CHECK(
@@ -50,13 +51,6 @@ inline std::array<int64_t, 4> output_shape(const MinibatchStddevGeometry& geo) {
 
 inline std::array<int64_t, 4> input_shape(const MinibatchStddevGeometry& geo) {
   return {geo.N, geo.C, geo.H, geo.W};
-}
-
-// Same rule as ganops/_layout.py (the fake kernels use it), so eager and compiled strides agree.
-inline at::Tensor empty_in_layout_of(const at::Tensor& x, at::IntArrayRef shape) {
-  const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  return at::empty(
-      shape, x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 
 inline Strides4 strides_of(const at::Tensor& t) {

@@ -1,20 +1,17 @@
-// Input checks, output allocation and the [N, D] sample-row view of the gradient-penalty ops, shared by the CPU
-// and CUDA bindings so that both reject the same inputs with the same messages and return the same layouts.
+// The gradient-penalty ops' input checks and the [N, D] sample-row view of their tensors, shared by the CPU
+// kernels (csrc/cpu/gradient_penalty.cpp) and the CUDA binding (csrc/cuda/gradient_penalty_binding.cpp) so that
+// both reject the same inputs with the same messages and return the same layouts. Schemas:
+// csrc/gradient_penalty.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <limits>
 
+#include "common_torch.h"
+
 namespace ganops {
 namespace gradient_penalty {
-
-inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": expected ",
-      name, " of dtype float64, float32, float16 or bfloat16, got ", dtype);
-}
 
 // A floating [N, ...] tensor with at least one element per sample.
 inline void check_batch_tensor(const char* op, const char* name, const at::Tensor& t) {
@@ -57,17 +54,6 @@ inline void check_interpolate_inputs(const char* op, const at::Tensor& real, con
 
 inline void check_center(const char* op, double center) {
   TORCH_CHECK(center >= 0 && center < std::numeric_limits<double>::infinity(), op, ": center must be a finite float >= 0, got ", center);
-}
-
-// Same rule as ganops/_layout.py (the fake kernels use it), so eager and compiled strides agree.
-inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-inline at::Tensor empty_in_layout_of(const at::Tensor& t) {
-  return at::empty(
-      t.sizes(),
-      t.options().memory_format(is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 
 // t as contiguous [N, D] rows whose element order is the memory order of an output allocated by

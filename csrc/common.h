@@ -1,0 +1,38 @@
+// Rules shared by every op's kernels on every device, each written once: the accumulation type and ceil_div.
+// Plain C++ (no torch, no CUDA headers) so that the CUDA kernels (csrc/cuda/*.cu), which compile with nvcc
+// alone (scripts/compile_cuda_sources.sh), share them with the CPU kernels. The torch-side rules built on
+// these (accumulation dtype as an at::ScalarType, accepted dtypes, output layout) are in common_torch.h.
+#pragma once
+
+#include <cstdint>
+
+// ceil_div is called by CUDA kernels too; nvcc needs it marked as a device function as well.
+#if defined(__CUDACC__)
+#define GANOPS_HOST_DEVICE __host__ __device__
+#else
+#define GANOPS_HOST_DEVICE
+#endif
+
+namespace ganops {
+
+// Kernels read and write T and compute in acc_type<T>: double for double, float for everything else
+// (float, and the half types of either library: c10::Half, c10::BFloat16, __half, __nv_bfloat16). This is
+// torch's opmath type for every dtype the ops accept, so saved statistics and workspaces allocated with
+// accumulate_dtype (common_torch.h) hold exactly this type.
+template <typename T>
+struct AccumulateType {
+  using type = float;
+};
+template <>
+struct AccumulateType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_type = typename AccumulateType<T>::type;
+
+// The number of blocks of size `block` that cover `count` items (count >= 0, block > 0).
+GANOPS_HOST_DEVICE constexpr int64_t ceil_div(int64_t count, int64_t block) {
+  return (count + block - 1) / block;
+}
+
+}  // namespace ganops
