@@ -18,7 +18,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.harness import Case, compiled, ganops_implementations
-from ganops.demo import make_trainer
+from ganops.training import make_trainer
 
 OP = "e2e"
 Z_DIM = 128

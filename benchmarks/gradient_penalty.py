@@ -26,7 +26,7 @@ from benchmarks.harness import (
     ganops_implementations,
 )
 from ganops.ops.gradient_penalty import gradient_norm_penalty
-from ganops.penalties import gradient_penalty
+from ganops.ops.gradient_penalty import gradient_penalty
 
 OP = "gradient_penalty"
 CENTER = 1.0

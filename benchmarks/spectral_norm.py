@@ -94,7 +94,7 @@ def _per_layer(spectral_norm_fn):
 
 
 def _reference_layer(w, u, v):
-    return reference.spectral_norm(w, u, v, 1, EPS)[0]
+    return reference.spectral_norm_forward(w, u, v, 1, EPS)[0]
 
 
 def _ganops_per_layer(backend: str):

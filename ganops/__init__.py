@@ -4,14 +4,15 @@ Importing ganops never fails because triton, a GPU or the compiled extension is 
 then unavailable (``python -m ganops info`` says why).
 """
 
-from ganops import data, losses, models, nn
+from ganops import nn  # first: ganops.nn re-exports from ganops.conversion, which imports ganops.nn
+from ganops import data, losses, models
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
 from ganops.ops.attention import attention
-from ganops.ops.gradient_penalty import gradient_norm_penalty
+from ganops.ops.gradient_penalty import NonFiniteGradientError, gradient_norm_penalty, gradient_penalty
 from ganops.ops.minibatch_stddev import minibatch_stddev
-from ganops.penalties import LazyRegularizer, NonFiniteGradientError, gradient_penalty
 from ganops.conversion import convert
-from ganops.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
+from ganops.nn.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
+from ganops.training import LazyRegularizer
 
 __version__ = "0.1.0"
 

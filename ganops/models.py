@@ -6,7 +6,7 @@
   norm (SNGAN's "standard CNN") or none (for WGAN-GP, whose per-sample penalty batch norm would couple).
 * :class:`SAGANGenerator` / :class:`SAGANDiscriminator` follow Zhang et al. 2019 (SAGAN) in BigGAN's
   arrangement: ResNet blocks, spectral norm on every layer of G and D, batch norm in G, self-attention
-  (:class:`ganops.attention_block.SelfAttention2d`, BigGAN variant) at 32x32, or at the largest feature map for
+  (:class:`ganops.nn.SelfAttention2d`, BigGAN variant) at 32x32, or at the largest feature map for
   images smaller than 32x32; D ends with a ReLU, sum pooling and a linear layer.
 * Both discriminators take ``minibatch_stddev=True`` for ProGAN/StyleGAN's minibatch standard deviation head
   (:class:`ganops.nn.MinibatchStdDev`) before their last layer.
@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ganops.attention_block import SelfAttention2d
-from ganops.nn import MinibatchStdDev
-from ganops.spectral_norm import convert
+from ganops.conversion import convert_spectral_norms
+from ganops.nn import MinibatchStdDev, SelfAttention2d
 
 ATTENTION_RESOLUTION = 32
 DCGAN_NORMALIZATIONS = ("batch", "spectral", "none")
@@ -53,7 +52,7 @@ def _torch_spectral_norm(layer: nn.Module) -> nn.Module:
 
 def _finish(model: nn.Module, use_reference_ops: bool, backend: str | None) -> None:
     if not use_reference_ops:
-        convert(model, backend=backend)
+        convert_spectral_norms(model, backend=backend)
 
 
 def _ops_backend(use_reference_ops: bool, backend: str | None) -> str | None:

@@ -57,7 +57,7 @@ import torch
 
 import ganops
 from ganops import _extension, models
-from ganops.penalties import gradient_penalty
+from ganops.ops.gradient_penalty import gradient_penalty
 
 location = pathlib.Path(ganops.__file__).resolve()
 assert "site-packages" in location.parts, f"ganops imported from {location}, not the installed wheel"

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ganops.attention_block import SelfAttention2d, convert_state_dict, self_attention_2d
+from ganops.conversion import convert_state_dict
+from ganops.nn import SelfAttention2d, self_attention_2d
 from ganops.ops.attention import attention, cpp_ops_available
 from ganops.reference import attention as reference
 from helpers import KERNEL_BACKENDS, assert_close, relative_error, require_backend

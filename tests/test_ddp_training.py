@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ganops.demo import make_trainer
+from ganops.training import make_trainer
 from helpers import require_backend, spawn_workers
 
 WORLD_SIZE = 2

@@ -11,7 +11,8 @@ import torch
 
 from ganops import __main__ as cli
 from ganops.data import ShapesDataset, random_batch, render
-from ganops.demo import GANTrainer, _settled_range, image_grid, write_loss_curve, write_png
+from ganops.demo import _settled_range, image_grid, write_loss_curve, write_png
+from ganops.training import GANTrainer
 
 
 def _read_png(path) -> torch.Tensor:

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ganops import minibatch_stddev
-from ganops.attention_block import SelfAttention2d
+from ganops.nn import SelfAttention2d
 from ganops.ops.gradient_penalty import gradient_norm_penalty, interpolate
-from ganops.penalties import KINDS, LazyRegularizer, NonFiniteGradientError, gradient_penalty
+from ganops.ops.gradient_penalty import KINDS, NonFiniteGradientError, gradient_penalty
+from ganops.training import LazyRegularizer
 from ganops.reference import gradient_penalty as reference
 from helpers import KERNEL_BACKENDS, LAYOUTS, assert_close, autograd_derivatives, in_layout, relative_error, require_backend
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ganops import _backend
-from ganops.penalties import gradient_penalty
+from ganops.ops.gradient_penalty import gradient_penalty
 from helpers import spawn_workers
 
 WORLD_SIZE = 2

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganops import convert, models
-from ganops.attention_block import SelfAttention2d
-from ganops.demo import make_trainer
+from ganops.nn import SelfAttention2d
+from ganops.training import make_trainer
 from helpers import assert_close, relative_error, require_backend
 
 BACKENDS = ("cpp", "triton")

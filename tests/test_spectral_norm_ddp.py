@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ganops.spectral_norm import spectral_norm
+from ganops.nn.spectral_norm import spectral_norm
 from helpers import spawn_workers
 
 STEPS = 3

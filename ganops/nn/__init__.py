@@ -1,33 +1,18 @@
-"""``torch.nn`` modules around ganops ops; ``ganops.nn.utils`` has the spectral norm functions."""
+"""``torch.nn`` modules around ganops ops: the self-attention block, the minibatch-stddev layer and the
+spectral-norm parametrization (``ganops.nn.utils`` has the spectral norm functions, as ``torch.nn.utils`` does)."""
 
-from __future__ import annotations
-
-from torch import Tensor, nn
-
-from ganops.attention_block import SelfAttention2d, convert_state_dict, self_attention_2d
 from ganops.nn import utils
-from ganops.ops.minibatch_stddev import check_hyperparameters, minibatch_stddev
-from ganops.spectral_norm import SpectralNorm
+from ganops.nn.attention import SelfAttention2d, self_attention_2d
+from ganops.nn.minibatch_stddev import MinibatchStdDev
+from ganops.nn.spectral_norm import SpectralNorm, SpectralNormGroup
+from ganops.conversion import convert_state_dict
 
-__all__ = ["MinibatchStdDev", "SelfAttention2d", "SpectralNorm", "convert_state_dict", "self_attention_2d", "utils"]
-
-
-class MinibatchStdDev(nn.Module):
-    """Appends the minibatch standard deviation to a ``[N, C, H, W]`` input (see :func:`ganops.minibatch_stddev`).
-
-    A drop-in for StyleGAN2's ``MinibatchStdLayer(group_size, num_channels)``, giving ``[N, C + num_channels, H, W]``.
-    """
-
-    def __init__(self, group_size: int = 4, num_channels: int = 1, eps: float = 1e-8, *, backend: str | None = None):
-        super().__init__()
-        check_hyperparameters(group_size, num_channels, eps, caller="MinibatchStdDev")
-        self.group_size = group_size
-        self.num_channels = num_channels
-        self.eps = eps
-        self.backend = backend
-
-    def forward(self, x: Tensor) -> Tensor:
-        return minibatch_stddev(x, self.group_size, self.num_channels, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"group_size={self.group_size}, num_channels={self.num_channels}, eps={self.eps}"
+__all__ = [
+    "MinibatchStdDev",
+    "SelfAttention2d",
+    "SpectralNorm",
+    "SpectralNormGroup",
+    "convert_state_dict",
+    "self_attention_2d",
+    "utils",
+]

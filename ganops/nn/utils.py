@@ -1,5 +1,5 @@
 """``ganops.nn.utils``: the spectral norm functions in the place ``torch.nn.utils`` users look for them."""
 
-from ganops.spectral_norm import remove_spectral_norm, spectral_norm
+from ganops.nn.spectral_norm import remove_spectral_norm, spectral_norm
 
 __all__ = ["remove_spectral_norm", "spectral_norm"]

@@ -24,10 +24,11 @@ import torch
 from torch import Tensor
 
 from ganops import _backend, _dtypes, _extension
+from ganops._dtypes import FLOATING_DTYPES, compute_dtype
+from ganops.ops._registration import Stage, autocast_inputs, op, register
 from ganops.reference import attention as reference
 
 OP_NAME = "attention"
-_FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> float:
@@ -41,8 +42,8 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> flo
             raise ValueError(
                 f"attention: {name} must have at least 2 dimensions {expected[name]}, got shape {tuple(value.shape)}"
             )
-        if value.dtype not in _FLOATING_DTYPES:
-            raise TypeError(f"attention: {name} must have a floating dtype {_FLOATING_DTYPES}, got {value.dtype}")
+        if value.dtype not in FLOATING_DTYPES:
+            raise TypeError(f"attention: {name} must have a floating dtype {FLOATING_DTYPES}, got {value.dtype}")
         if value.numel() == 0:
             raise ValueError(f"attention: {name} must have no empty dimension, got shape {tuple(value.shape)}")
     if not q.dtype == k.dtype == v.dtype:
@@ -70,13 +71,17 @@ def check_arguments(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> flo
     return float(scale)
 
 
-def _lse_dtype(q: Tensor) -> torch.dtype:
-    return reference.compute_dtype(q)
+def _check_op_arguments(q: Tensor, k: Tensor, v: Tensor, scale: float, *attributes) -> None:
+    """The registered ops take 3-D ``[B, N, D]`` tensors and an explicit scale."""
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        if isinstance(value, Tensor) and value.dim() != 3:
+            raise ValueError(f"attention: the registered ops take 3-D {name} [B, N, D], got shape {tuple(value.shape)}")
+    check_arguments(q, k, v, scale)
 
 
 def _fake_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, *attributes) -> tuple[Tensor, Tensor]:
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-    return out, q.new_empty(q.shape[:2], dtype=_lse_dtype(q))
+    return out, q.new_empty(q.shape[:2], dtype=compute_dtype(q.dtype))
 
 
 def _fake_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, *attributes):
@@ -94,6 +99,7 @@ def _fake_double_backward(
 def _triton_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool) -> tuple[Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
+    _check_op_arguments(q, k, v, scale)
     return kernels.forward(q, k, v, scale, allow_tf32, compute_dtype=_dtypes.compute_dtype(q.dtype))
 
 
@@ -103,6 +109,7 @@ def _triton_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
+    _check_op_arguments(q, k, v, scale)
     return kernels.backward(
         grad_out, q, k, v, out, lse, scale, allow_tf32, compute_dtype=_dtypes.compute_dtype(q.dtype)
     )
@@ -115,6 +122,7 @@ def _triton_double_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from ganops.triton_kernels import attention as kernels
 
+    _check_op_arguments(q, k, v, scale)
     return kernels.double_backward(
         grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32,
         compute_dtype=_dtypes.compute_dtype(q.dtype),
@@ -126,61 +134,53 @@ def _blockwise_double_backward(
     grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_op_arguments(q, k, v, scale)
     results = reference.attention_double_backward(
         grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale
     )
     return tuple(result.contiguous() for result in results)
 
 
-def _op(qualified_name: str):
-    namespace, name = qualified_name.split("::")
-    return getattr(getattr(torch.ops, namespace), name).default
-
-
-def _third_order_vjp(saved: tuple[Tensor, ...], scale: float, grads: tuple[Tensor, ...]):
+def _third_order_vjp(saved: tuple[Tensor, ...], attributes: tuple, grads: tuple[Tensor, ...]):
     _, vjp = torch.func.vjp(
-        lambda *tensors: reference.attention_double_backward_from_inputs(*tensors, scale), *saved
+        lambda *tensors: reference.attention_double_backward_from_inputs(*tensors, attributes[0]), *saved
     )
     return vjp(tuple(grads))
 
 
-def _register_chain(forward: str, backward: str, double_backward: str, num_attributes: int, contiguous: bool) -> None:
-    """Autograd for one backend's three ops (module docstring); ``contiguous``: the ops need contiguous inputs."""
-    backward_op, double_backward_op = _op(backward), _op(double_backward)
-    no_grads = (None,) * num_attributes
+def _register(suffix: str, double_backward_name: str, contiguous: bool) -> None:
+    """The chain of one backend (module docstring); ``contiguous``: its ops need contiguous inputs.
+    ``out`` and ``lse`` enter the backward ops as cached functions of ``(q, k, v)``: no gradient flows to them."""
+    forward, backward = f"ganops::attention_{suffix}", f"ganops::attention_backward_{suffix}"
+    backward_op, double_backward_op = op(backward), op(double_backward_name)
 
     def prepare(tensor: Tensor) -> Tensor:
         return tensor.contiguous() if contiguous else tensor
 
-    def setup_forward(ctx, inputs, output) -> None:
-        out, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(*inputs[:3], out, lse)
-        ctx.attributes = tuple(inputs[3:])
+    def check_backward(grad_out, q, k, v, out, lse, scale, *attributes):
+        _check_op_arguments(q, k, v, scale)
 
-    def gradient_of_forward(ctx, grad_out, _grad_lse):
-        grads = backward_op(prepare(grad_out), *ctx.saved_tensors, *ctx.attributes)
-        return (*grads, *no_grads)
+    def check_double_backward(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, *attributes):
+        _check_op_arguments(q, k, v, scale)
 
-    def setup_backward(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs[:6])
-        ctx.attributes = tuple(inputs[6:])
-
-    def gradient_of_backward(ctx, grad_grad_q, grad_grad_k, grad_grad_v):
-        cotangents = (prepare(grad_grad_q), prepare(grad_grad_k), prepare(grad_grad_v))
-        grads = double_backward_op(*cotangents, *ctx.saved_tensors, *ctx.attributes)
-        return (*grads, None, None, *no_grads)  # nothing flows through out and lse
-
-    def setup_double_backward(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs[:7])
-        ctx.attributes = tuple(inputs[9:])
-
-    def gradient_of_double_backward(ctx, *grads):
-        return (*_third_order_vjp(ctx.saved_tensors, ctx.attributes[0], grads), None, None, *no_grads)
-
-    torch.library.register_autograd(forward, gradient_of_forward, setup_context=setup_forward)
-    torch.library.register_autograd(backward, gradient_of_backward, setup_context=setup_backward)
-    torch.library.register_autograd(double_backward, gradient_of_double_backward, setup_context=setup_double_backward)
+    register(Stage(
+        forward, _fake_forward, (0, 1, 2),
+        lambda saved, attrs, grads: backward_op(prepare(grads[0]), *saved, *attrs),
+        save=lambda inputs, output: (*inputs[:3], *output),
+        non_differentiable=lambda output: (output[1],),
+        check=_check_op_arguments,
+    ))
+    register(Stage(
+        backward, _fake_backward, (0, 1, 2, 3),
+        lambda saved, attrs, grads: double_backward_op(*(prepare(g) for g in grads), *saved, *attrs),
+        check=check_backward,
+    ))
+    register(Stage(
+        double_backward_name, _fake_double_backward, (0, 1, 2, 3, 4, 5, 6),
+        _third_order_vjp,
+        save=lambda inputs, output: inputs[:7],
+        check=check_double_backward,
+    ))
 
 
 def cpp_ops_available() -> bool:
@@ -188,38 +188,13 @@ def cpp_ops_available() -> bool:
     return _extension.is_loaded() and hasattr(torch.ops.ganops, "attention_cpp")
 
 
-for _name, _fake in (
-    ("ganops::attention_triton", _fake_forward),
-    ("ganops::attention_backward_triton", _fake_backward),
-    ("ganops::attention_double_backward_triton", _fake_double_backward),
-    ("ganops::attention_double_backward_blockwise", _fake_double_backward),
-):
-    torch.library.register_fake(_name, _fake)
-_register_chain(
-    "ganops::attention_triton", "ganops::attention_backward_triton", "ganops::attention_double_backward_triton",
-    num_attributes=2, contiguous=False,
-)
+_register("triton", "ganops::attention_double_backward_triton", contiguous=False)
 if cpp_ops_available():
-    torch.library.register_fake("ganops::attention_cpp", _fake_forward)
-    torch.library.register_fake("ganops::attention_backward_cpp", _fake_backward)
-    _register_chain(
-        "ganops::attention_cpp", "ganops::attention_backward_cpp", "ganops::attention_double_backward_blockwise",
-        num_attributes=1, contiguous=True,
-    )
+    _register("cpp", "ganops::attention_double_backward_blockwise", contiguous=True)
 
 
 def _flatten_batch(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
-
-
-def _autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Under autocast attention is a matmul-like op, as SDPA is: float16/32 inputs go to the autocast dtype
-    (float64 stays, as autocast leaves it), so projections of mixed precision can meet here."""
-    if not all(isinstance(t, Tensor) for t in (q, k, v)) or not torch.is_autocast_enabled(q.device.type):
-        return q, k, v
-    dtype = torch.get_autocast_dtype(q.device.type)
-    cast = tuple(t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t for t in (q, k, v))
-    return cast[0], cast[1], cast[2]
 
 
 def _matmul_allows_tf32() -> bool:
@@ -263,7 +238,8 @@ def attention(
         ``[..., Nq, Dv]`` tensor of ``q``'s dtype; under ``torch.autocast`` q, k and v are first cast to the
         autocast dtype (float64 excepted), like ``scaled_dot_product_attention``.
     """
-    q, k, v = _autocast_inputs(q, k, v)
+    # Attention is a matmul-like op, as SDPA is: projections of mixed precision meet in the autocast dtype.
+    q, k, v = autocast_inputs(q, k, v)
     scale = check_arguments(q, k, v, scale)
     chosen = _backend.select(OP_NAME, q.device.type, backend)
     if chosen == "reference":

@@ -10,11 +10,11 @@ from torch import Tensor
 
 from ganops import _backend, _extension
 from ganops._layout import empty_in_layout_of
-from ganops.ops._registration import register_autograd_chain
+from ganops._dtypes import FLOATING_DTYPES
+from ganops.ops._registration import register_chain
 from ganops.reference import minibatch_stddev as reference
 
 OP_NAME = "minibatch_stddev"
-_FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_hyperparameters(group_size: int, num_channels: int, eps: float, caller: str = "minibatch_stddev") -> None:
@@ -32,8 +32,8 @@ def check_arguments(x: Tensor, group_size: int, num_channels: int, eps: float) -
         raise TypeError(f"minibatch_stddev: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"minibatch_stddev: x must have 4 dimensions [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATING_DTYPES:
-        raise TypeError(f"minibatch_stddev: x must have a floating dtype {_FLOATING_DTYPES}, got {x.dtype}")
+    if x.dtype not in FLOATING_DTYPES:
+        raise TypeError(f"minibatch_stddev: x must have a floating dtype {FLOATING_DTYPES}, got {x.dtype}")
     n, c, h, w = x.shape
     if min(n, c, h, w) == 0:
         raise ValueError(f"minibatch_stddev: x must have no empty dimension, got shape {tuple(x.shape)}")
@@ -79,6 +79,7 @@ def _triton_forward(x: Tensor, group_size: int, num_channels: int, eps: float) -
     from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
+    _check_op_arguments(x, group_size, num_channels, eps)
     return kernels.forward(
         x, group_size, num_channels, eps,
         compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
@@ -91,6 +92,7 @@ def _triton_backward(grad_out: Tensor, x: Tensor, group_size: int, num_channels:
     from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
+    _check_op_arguments(x, group_size, num_channels, eps)
     return kernels.backward(
         grad_out, x, group_size, num_channels, eps,
         compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
@@ -105,17 +107,28 @@ def _triton_double_backward(
     from ganops._layout import memory_format_of
     from ganops.triton_kernels import minibatch_stddev as kernels
 
+    _check_op_arguments(x, group_size, num_channels, eps)
     return kernels.double_backward(
         grad_grad_x, grad_out, x, group_size, num_channels, eps,
         compute_dtype=compute_dtype(x.dtype), memory_format=memory_format_of(x),
     )
 
 
+def _check_op_arguments(x: Tensor, group_size: int, num_channels: int, eps: float) -> None:
+    """The registered ops receive the effective group size, which must divide ``N`` itself."""
+    if check_arguments(x, group_size, num_channels, eps) != group_size:
+        raise ValueError(
+            f"minibatch_stddev: the registered ops take the effective group size min(group_size, N); got "
+            f"group_size={group_size} for N={x.shape[0]}"
+        )
+
+
 def _register(suffix: str) -> None:
-    names = [f"ganops::minibatch_stddev{part}_{suffix}" for part in ("", "_backward", "_double_backward")]
-    for name, fake in zip(names, (_fake_forward, _fake_backward, _fake_double_backward)):
-        torch.library.register_fake(name, fake)
-    register_autograd_chain(*names, num_attributes=3, third_order_vjp=_third_order_vjp)
+    names = tuple(f"ganops::minibatch_stddev{part}_{suffix}" for part in ("", "_backward", "_double_backward"))
+    register_chain(
+        names, (_fake_forward, _fake_backward, _fake_double_backward), num_tensor_inputs=1,
+        third_order_vjp=_third_order_vjp, check=_check_op_arguments,
+    )
 
 
 _register("triton")

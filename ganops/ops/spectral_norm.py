@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from ganops import _backend, _extension
+from ganops._dtypes import FLOATING_DTYPES, compute_dtype
+from ganops.ops._registration import Stage, op, register
 from ganops.reference import spectral_norm as reference
 
 OP_NAME = "spectral_norm"
-FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_hyperparameters(n_power_iterations: int, eps: float, caller: str, allow_zero_iterations: bool = False) -> None:
@@ -58,7 +59,7 @@ def check_layer(weight_mat: Tensor, u: Tensor, v: Tensor, caller: str = "spectra
 
 
 def _fake_forward(weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float):
-    sigma_dtype = reference.compute_dtype(weight_mat.dtype)
+    sigma_dtype = compute_dtype(weight_mat.dtype)
     return (
         weight_mat.new_empty(weight_mat.shape),
         u.new_empty(u.shape),
@@ -87,7 +88,6 @@ def _fake_group_backward(grads, weight_mats, us, vs, sigmas) -> list[Tensor]:
 def _triton_forward(
     weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
     weight_sn, u_out, v_out, sigma = kernels.forward(
@@ -98,19 +98,15 @@ def _triton_forward(
 
 @torch.library.custom_op("ganops::spectral_norm_backward_triton", mutates_args=())
 def _triton_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
-    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    return kernels.backward(
-        [grad_sn], [weight_mat], [u], [v], [sigma], compute_dtype=compute_dtype(weight_mat.dtype)
-    )[0]
+    return kernels.backward([grad_sn], [weight_mat], [u], [v], [sigma], compute_dtype=compute_dtype(weight_mat.dtype))[0]
 
 
 @torch.library.custom_op("ganops::spectral_norm_group_triton", mutates_args=())
 def _triton_group(
     weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
     return kernels.forward(
@@ -122,12 +118,9 @@ def _triton_group(
 def _triton_group_backward(
     grads: list[Tensor], weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor]
 ) -> list[Tensor]:
-    from ganops._dtypes import compute_dtype
     from ganops.triton_kernels import spectral_norm as kernels
 
-    return kernels.backward(
-        grads, weight_mats, us, vs, sigmas, compute_dtype=compute_dtype(weight_mats[0].dtype)
-    )
+    return kernels.backward(grads, weight_mats, us, vs, sigmas, compute_dtype=compute_dtype(weight_mats[0].dtype))
 
 
 # ---------------------------------------------------------------- autograd
@@ -139,71 +132,75 @@ def _reference_backward_vjp(grad_sn, weight_mat, u, v, grad_of_grad_w):
     return vjp(grad_of_grad_w)
 
 
-def _op(name: str):
-    return getattr(torch.ops.ganops, name).default
+def check_layer_arguments(weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float) -> None:
+    check_layer(weight_mat, u, v)
+    check_hyperparameters(n_power_iterations, eps, "spectral_norm", allow_zero_iterations=True)
+
+
+def check_group_arguments(
+    weight_mats: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float
+) -> None:
+    if not (len(weight_mats) == len(us) == len(vs)) or not weight_mats:
+        raise ValueError(
+            f"spectral_norm_group: weight_mats, us and vs must be non-empty lists of one length, got "
+            f"{len(weight_mats)}, {len(us)}, {len(vs)}"
+        )
+    for w, u, v in zip(weight_mats, us, vs):
+        check_layer(w, u, v, caller="spectral_norm_group")
+    check_hyperparameters(n_power_iterations, eps, "spectral_norm_group", allow_zero_iterations=True)
+
+
+def _check_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> None:
+    check_layer(weight_mat, u, v, caller="spectral_norm_backward")
+
+
+def _check_group_backward(grads, weight_mats, us, vs, sigmas) -> None:
+    for w, u, v in zip(weight_mats, us, vs):
+        check_layer(w, u, v, caller="spectral_norm_group_backward")
 
 
 def _register(suffix: str) -> None:
-    forward, backward = f"ganops::spectral_norm_{suffix}", f"ganops::spectral_norm_backward_{suffix}"
-    group, group_backward = f"ganops::spectral_norm_group_{suffix}", f"ganops::spectral_norm_group_backward_{suffix}"
-    for name, fake in (
-        (forward, _fake_forward), (backward, _fake_backward), (group, _fake_group), (group_backward, _fake_group_backward)
-    ):
-        torch.library.register_fake(name, fake)
-    backward_op = _op(f"spectral_norm_backward_{suffix}")
-    group_backward_op = _op(f"spectral_norm_group_backward_{suffix}")
+    """Per backend: the layer op and the group op, each with its backward op; the backward ops are
+    differentiated through the reference formula (module docstring)."""
+    backward_op = op(f"ganops::spectral_norm_backward_{suffix}")
+    group_backward_op = op(f"ganops::spectral_norm_group_backward_{suffix}")
 
-    def save_forward(ctx, inputs, output):
-        weight_sn, u, v, sigma = output
-        ctx.mark_non_differentiable(u, v, sigma)
-        ctx.save_for_backward(inputs[0], u, v, sigma)
-
-    def gradient_of_forward(ctx, grad_sn, *unused):
-        weight_mat, u, v, sigma = ctx.saved_tensors
-        return backward_op(grad_sn, weight_mat, u, v, sigma), None, None, None, None
-
-    def save_backward(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:4])
-
-    def gradient_of_backward(ctx, grad_of_grad_w):
-        grad_sn, weight_mat, u, v = ctx.saved_tensors
-        grad_grad_sn, grad_weight = _reference_backward_vjp(grad_sn, weight_mat, u, v, grad_of_grad_w)
-        return grad_grad_sn, grad_weight, None, None, None
-
-    def save_group(ctx, inputs, output):
-        weight_sns, us, vs, sigmas = output
-        ctx.mark_non_differentiable(*us, *vs, *sigmas)
-        ctx.layers = len(us)
-        ctx.save_for_backward(*inputs[0], *us, *vs, *sigmas)
-
-    def gradient_of_group(ctx, grad_sns, *unused):
-        saved = ctx.saved_tensors
-        layers = ctx.layers
-        weight_mats, us, vs, sigmas = (list(saved[i * layers : (i + 1) * layers]) for i in range(4))
-        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grad_sns, weight_mats)]
-        no_grads = [None] * layers
-        return group_backward_op(grads, weight_mats, us, vs, sigmas), no_grads, no_grads, None, None
-
-    def save_group_backward(ctx, inputs, output):
-        grads, weight_mats, us, vs, _ = inputs
-        ctx.layers = len(us)
-        ctx.save_for_backward(*grads, *weight_mats, *us, *vs)
-
-    def gradient_of_group_backward(ctx, grads_of_grad_w):
-        saved = ctx.saved_tensors
-        layers = ctx.layers
-        grads, weight_mats, us, vs = (saved[i * layers : (i + 1) * layers] for i in range(4))
+    def gradient_of_group_backward(saved, attributes, grads_of_grad_w):
+        grads, weight_mats, us, vs = saved
         pairs = [
             _reference_backward_vjp(g, w, u, v, gg)
-            for g, w, u, v, gg in zip(grads, weight_mats, us, vs, grads_of_grad_w)
+            for g, w, u, v, gg in zip(grads, weight_mats, us, vs, grads_of_grad_w[0])
         ]
-        no_grads = [None] * layers
-        return [p[0] for p in pairs], [p[1] for p in pairs], no_grads, no_grads, no_grads
+        return [pair[0] for pair in pairs], [pair[1] for pair in pairs]
 
-    torch.library.register_autograd(forward, gradient_of_forward, setup_context=save_forward)
-    torch.library.register_autograd(backward, gradient_of_backward, setup_context=save_backward)
-    torch.library.register_autograd(group, gradient_of_group, setup_context=save_group)
-    torch.library.register_autograd(group_backward, gradient_of_group_backward, setup_context=save_group_backward)
+    def gradient_of_group(saved, attributes, grads):
+        weight_mats, us, vs, sigmas = saved
+        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads[0], weight_mats)]
+        return (group_backward_op(grads, weight_mats, us, vs, sigmas),)
+
+    register(Stage(
+        f"ganops::spectral_norm_{suffix}", _fake_forward, (0,),
+        lambda saved, attributes, grads: (backward_op(grads[0], *saved),),
+        save=lambda inputs, output: (inputs[0], *output[1:]),
+        non_differentiable=lambda output: output[1:],
+        check=check_layer_arguments,
+    ))
+    register(Stage(
+        f"ganops::spectral_norm_backward_{suffix}", _fake_backward, (0, 1),
+        lambda saved, attributes, grads: _reference_backward_vjp(*saved[:4], grads[0]),
+        check=_check_backward,
+    ))
+    register(Stage(
+        f"ganops::spectral_norm_group_{suffix}", _fake_group, (0,), gradient_of_group,
+        save=lambda inputs, output: (inputs[0], *output[1:]),
+        non_differentiable=lambda output: [t for outputs in output[1:] for t in outputs],
+        check=check_group_arguments,
+    ))
+    register(Stage(
+        f"ganops::spectral_norm_group_backward_{suffix}", _fake_group_backward, (0, 1), gradient_of_group_backward,
+        save=lambda inputs, output: inputs[:4],
+        check=_check_group_backward,
+    ))
 
 
 _register("triton")
@@ -236,12 +233,11 @@ def fused_spectral_norm(
         ``(W_sn [R, C], u_new, v_new, sigma)``; ``sigma`` is 0-dim, float64 for float64 weights, else float32.
         Never aliases its inputs: callers copy ``u_new``/``v_new`` into their buffers.
     """
-    check_layer(weight_mat, u, v)
-    check_hyperparameters(n_power_iterations, eps, "spectral_norm", allow_zero_iterations=True)
+    check_layer_arguments(weight_mat, u, v, n_power_iterations, eps)
     chosen = _backend.select(OP_NAME, weight_mat.device.type, backend)
     if chosen == "reference":
-        return reference.spectral_norm(weight_mat, u, v, n_power_iterations, eps)
-    return _op(f"spectral_norm_{chosen}")(weight_mat, u, v, n_power_iterations, float(eps))
+        return reference.spectral_norm_forward(weight_mat, u, v, n_power_iterations, eps)
+    return op(f"ganops::spectral_norm_{chosen}")(weight_mat, u, v, n_power_iterations, float(eps))
 
 
 def fused_spectral_norm_group(
@@ -254,14 +250,7 @@ def fused_spectral_norm_group(
     backend: str | None = None,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
     """:func:`fused_spectral_norm` for many layers, one kernel launch per (dtype, device) and direction."""
-    if not (len(weight_mats) == len(us) == len(vs)) or not weight_mats:
-        raise ValueError(
-            f"spectral_norm_group: weight_mats, us and vs must be non-empty lists of one length, got "
-            f"{len(weight_mats)}, {len(us)}, {len(vs)}"
-        )
-    for w, u, v in zip(weight_mats, us, vs):
-        check_layer(w, u, v, caller="spectral_norm_group")
-    check_hyperparameters(n_power_iterations, eps, "spectral_norm_group", allow_zero_iterations=True)
+    check_group_arguments(weight_mats, us, vs, n_power_iterations, eps)
     results: list = [None] * len(weight_mats)
     buckets: dict[tuple, list[int]] = {}
     for index, w in enumerate(weight_mats):
@@ -270,9 +259,9 @@ def fused_spectral_norm_group(
         chosen = _backend.select(OP_NAME, device.type, backend)
         ws, bu, bv = ([seq[i] for i in indices] for seq in (weight_mats, us, vs))
         if chosen == "reference":
-            outputs = [reference.spectral_norm(w, u, v, n_power_iterations, eps) for w, u, v in zip(ws, bu, bv)]
+            outputs = [reference.spectral_norm_forward(w, u, v, n_power_iterations, eps) for w, u, v in zip(ws, bu, bv)]
         else:
-            grouped = _op(f"spectral_norm_group_{chosen}")(ws, bu, bv, n_power_iterations, float(eps))
+            grouped = op(f"ganops::spectral_norm_group_{chosen}")(ws, bu, bv, n_power_iterations, float(eps))
             outputs = list(zip(*grouped))
         for index, output in zip(indices, outputs):
             results[index] = output

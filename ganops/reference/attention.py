@@ -39,18 +39,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ganops._dtypes import compute_dtype
+
 # Query rows per block of the blockwise functions: large enough for fast matmuls, small enough that a
 # [block, Nk] slice stays small next to the inputs for GAN sizes (Nk <= 4096).
 DEFAULT_BLOCK = 256
 
 
-def compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """``softmax(q @ k^T * scale) @ v`` over the last two dims, written the obvious way (materialises ``S``)."""
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q.dtype)
     logits = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale
     return torch.matmul(torch.softmax(logits, dim=-1), v.to(dtype)).to(q.dtype)
 
@@ -66,7 +64,7 @@ def _probabilities(q_block: Tensor, k: Tensor, lse_block: Tensor, scale: float) 
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, block: int = DEFAULT_BLOCK) -> tuple[Tensor, Tensor]:
     """``(O, lse)``: the attention output in ``q``'s dtype and the per-query log-sum-exp in the compute dtype."""
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q.dtype)
     qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
     outs, lses = [], []
     for rows in _blocks(q.shape[-2], block):
@@ -81,7 +79,7 @@ def attention_backward(
     block: int = DEFAULT_BLOCK,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dQ, dK, dV)`` from ``dO = grad_out``, recomputing ``P`` block by block from the saved ``lse``."""
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q.dtype)
     qc, kc, vc, doc = q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype)
     delta = (doc * out.to(dtype)).sum(dim=-1)
     grad_q = []
@@ -103,7 +101,7 @@ def attention_double_backward(
     block: int = DEFAULT_BLOCK,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`attention_backward` w.r.t. ``(grad_out, q, k, v)`` (module docstring formulas)."""
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q.dtype)
     qc, kc, vc, doc = q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype)
     uq, uk, uv = grad_grad_q.to(dtype), grad_grad_k.to(dtype), grad_grad_v.to(dtype)
     grad_do, grad_q = [], []

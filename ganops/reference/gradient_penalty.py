@@ -26,14 +26,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from ganops._dtypes import compute_dtype
 
 
 def _rows(t: Tensor) -> Tensor:
     """``t`` as ``[N, D]`` in the compute dtype."""
-    return t.to(_compute_dtype(t)).reshape(t.shape[0], -1)
+    return t.to(compute_dtype(t.dtype)).reshape(t.shape[0], -1)
 
 
 def per_sample_squared_norm(grad: Tensor) -> Tensor:
@@ -96,6 +94,6 @@ def gradient_penalty_double_backward(
 
 def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
     """``eps_n * real_n + (1 - eps_n) * fake_n``, ``eps`` of shape ``[N]``, in ``real``'s dtype."""
-    dtype = _compute_dtype(real)
+    dtype = compute_dtype(real.dtype)
     weight = _per_sample(eps.to(dtype), real)
     return (weight * real.to(dtype) + (1.0 - weight) * fake.to(dtype)).to(real.dtype)

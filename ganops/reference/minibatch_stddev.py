@@ -26,16 +26,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from ganops._dtypes import compute_dtype
 
 
 def _grouped(x: Tensor, group_size: int, num_channels: int) -> Tensor:
     """View ``x`` as ``[G, M, F, c, H, W]`` with StyleGAN2's strided grouping, in the compute dtype."""
     n, c, h, w = x.shape
     g = min(group_size, n)
-    return x.to(_compute_dtype(x)).reshape(g, n // g, num_channels, c // num_channels, h, w)
+    return x.to(compute_dtype(x.dtype)).reshape(g, n // g, num_channels, c // num_channels, h, w)
 
 
 def minibatch_stddev(x: Tensor, group_size: int = 4, num_channels: int = 1, eps: float = 1e-8) -> Tensor:

@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ganops._dtypes import compute_dtype
 
 
 def weight_to_matrix(weight: Tensor, dim: int) -> Tensor:
@@ -67,7 +65,7 @@ def power_iteration(weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations
     return u, v
 
 
-def spectral_norm(
+def spectral_norm_forward(
     weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(W_sn, u_new, v_new, sigma)``: the fused op (see module docstring). Differentiable in ``weight_mat``."""

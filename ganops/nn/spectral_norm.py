@@ -11,16 +11,9 @@
   raise no in-place-modification errors; the module also compiles with ``torch.compile(fullgraph=True)``.
 * :class:`SpectralNormGroup` computes every ganops-normalised weight of a model in one grouped op per
   (dtype, device, iterations, eps) before each forward of the model.
-* :func:`convert` swaps torch's parametrization, torch's old hook API (``torch.nn.utils.spectral_norm``,
-  used by StudioGAN) and BigGAN-PyTorch's ``SN`` layers for ganops's, keeping parameters (the same
-  ``Parameter`` objects, so optimizers keep working), buffers and eval outputs; ``revert=True`` gives
-  torch's parametrization back.
 
-Update order: torch's parametrization (and ganops) update ``u`` first, then ``v``; torch's old hook API and
-BigGAN-PyTorch update ``v`` from ``u`` first, then ``u``. Both converge to the same singular pair and eval
-outputs are identical after conversion, but training steps after :func:`convert` of a hook-API or BigGAN
-model follow the parametrization's order, so ``sigma`` differs from the original code's by the difference
-of one half-iteration of the power method.
+Other codebases' spectral norms (torch's old hook API, BigGAN-PyTorch's ``SN`` layers) are swapped for this
+one by :func:`ganops.convert` (``ganops/conversion.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ from ganops.reference import spectral_norm as reference
 
 INITIAL_POWER_ITERATIONS = 15
 _TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_CONVS, nn.Embedding)
 
 
 class SpectralNorm(nn.Module):
@@ -71,7 +63,7 @@ class SpectralNorm(nn.Module):
             if vectors is None:
                 weight_mat = reference.weight_to_matrix(weight.detach(), self.dim)
                 u, v = reference.initial_vectors(weight_mat, eps)
-                _, u, v, _ = reference.spectral_norm(weight_mat, u, v, INITIAL_POWER_ITERATIONS, eps)
+                _, u, v, _ = reference.spectral_norm_forward(weight_mat, u, v, INITIAL_POWER_ITERATIONS, eps)
                 vectors = (u, v)
             self.register_buffer("_u", vectors[0])
             self.register_buffer("_v", vectors[1])
@@ -243,122 +235,3 @@ class SpectralNormGroup:
         for handle in self._handles:
             handle.remove()
         self.clear()
-
-
-# ---------------------------------------------------------------- convert
-
-
-def _replace_torch_parametrization(module: nn.Module, name: str, backend: str | None) -> None:
-    plist = module.parametrizations[name]
-    for index, existing in enumerate(plist):
-        if not isinstance(existing, _TorchSpectralNorm):
-            continue
-        if hasattr(existing, "_u"):
-            replacement = SpectralNorm(
-                plist.original, existing.n_power_iterations, existing.dim, existing.eps,
-                backend=backend, vectors=(existing._u, existing._v),
-            )
-        else:
-            # A 1-D weight: plain normalisation, no vectors.
-            replacement = SpectralNorm(plist.original, 1, existing.dim, existing.eps, backend=backend)
-        replacement.train(existing.training)
-        plist[index] = replacement
-
-
-def _register_keeping_vectors(module: nn.Module, name: str, sn: SpectralNorm) -> None:
-    """register_parametrization evaluates the parametrization once, in the module's mode: in eval mode that
-    leaves the converted vectors as they are."""
-    training = module.training
-    module.train(False)
-    parametrize.register_parametrization(module, name, sn)
-    module.train(training)
-
-
-def _replace_hook(module: nn.Module, hook_id: int, hook: _TorchSpectralNormHook, backend: str | None) -> None:
-    name = hook.name
-    original = getattr(module, name + "_orig")
-    u, v = getattr(module, name + "_u"), getattr(module, name + "_v")
-    del module._forward_pre_hooks[hook_id]
-    # The hook API also keeps state_dict hooks that rename keys; they go with it (as in its own remover).
-    for hooks in (module._state_dict_hooks, module._load_state_dict_pre_hooks):
-        for key, state_hook in list(hooks.items()):
-            unwrapped = getattr(state_hook, "hook", state_hook)
-            if isinstance(getattr(unwrapped, "fn", None), _TorchSpectralNormHook) and unwrapped.fn.name == name:
-                del hooks[key]
-    for suffix in ("", "_orig", "_u", "_v"):
-        delattr(module, name + suffix)
-    module.register_parameter(name, original)
-    sn = SpectralNorm(original, hook.n_power_iterations, hook.dim, hook.eps, backend=backend, vectors=(u, v))
-    _register_keeping_vectors(module, name, sn)
-
-
-def _is_biggan_sn(module: nn.Module) -> bool:
-    return all(hasattr(module, attr) for attr in ("num_svs", "num_itrs", "u0", "sv0", "W_"))
-
-
-def _replace_biggan(module: nn.Module, backend: str | None) -> None:
-    if getattr(module, "transpose", False):
-        raise ValueError(f"convert: BigGAN-PyTorch SN layers with transpose=True are not supported ({type(module).__name__})")
-    base = next((cls for cls in type(module).__mro__ if cls in _PLAIN_LAYERS), None)
-    if base is None:
-        raise ValueError(f"convert: BigGAN-PyTorch SN layer {type(module).__name__} is not a Linear, Conv or Embedding")
-    weight = module.weight
-    eps = module.eps
-    # BigGAN keeps only u; its eval output is one power iteration from it (v first, then u): computing that
-    # iteration here gives the (u, v) whose u^T W v is exactly BigGAN's eval sigma.
-    with torch.no_grad():
-        weight_mat = weight.view(weight.shape[0], -1)
-        v = F.normalize(torch.mm(module.u0, weight_mat), eps=eps)
-        u = F.normalize(torch.mm(v, weight_mat.t()), eps=eps)
-    iterations = module.num_itrs
-    for index in range(module.num_svs):
-        delattr(module, f"u{index}")
-        delattr(module, f"sv{index}")
-    for attr in ("num_svs", "num_itrs", "num_outputs", "transpose", "eps"):
-        if attr in module.__dict__:
-            delattr(module, attr)
-    module.__class__ = base
-    sn = SpectralNorm(weight, iterations, 0, eps, backend=backend, vectors=(u[0].clone(), v[0].clone()))
-    _register_keeping_vectors(module, "weight", sn)
-
-
-def _revert(module: nn.Module, name: str) -> None:
-    plist = module.parametrizations[name]
-    for index, existing in enumerate(plist):
-        if isinstance(existing, SpectralNorm):
-            torch_sn = _TorchSpectralNorm.__new__(_TorchSpectralNorm)
-            nn.Module.__init__(torch_sn)
-            torch_sn.dim, torch_sn.eps = existing.dim, existing.eps
-            if hasattr(existing, "_u"):
-                torch_sn.n_power_iterations = existing.n_power_iterations
-                torch_sn.register_buffer("_u", existing._u)
-                torch_sn.register_buffer("_v", existing._v)
-            torch_sn.train(existing.training)
-            plist[index] = torch_sn
-
-
-def convert(model: nn.Module, revert: bool = False, *, backend: str | None = None) -> nn.Module:
-    """Swap the spectral norms of ``model`` (in place) for ganops's, or back with ``revert=True``.
-
-    Converted: torch's parametrization (state_dict keys unchanged), torch's old hook API
-    ``torch.nn.utils.spectral_norm`` (keys ``weight_orig/_u/_v`` become torch's parametrization keys; its
-    ``eps``, ``dim`` and iterations are kept) and BigGAN-PyTorch's ``SN`` layers (``SNConv2d``, ``SNLinear``,
-    ``SNEmbedding``: buffers ``u0``/``sv0`` dropped, the module becomes its torch base class). Parameters
-    stay the same objects. ``revert=True`` turns every ganops spectral norm into torch's parametrization.
-    See the module docstring for the difference in update order.
-    """
-    if backend is not None:
-        _backend.requested_backend(backend)
-    for module in list(model.modules()):
-        if revert:
-            for name in list(getattr(module, "parametrizations", {}).keys()):
-                _revert(module, name)
-            continue
-        for name in list(getattr(module, "parametrizations", {}).keys()):
-            _replace_torch_parametrization(module, name, backend)
-        for hook_id, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, _TorchSpectralNormHook):
-                _replace_hook(module, hook_id, hook, backend)
-        if _is_biggan_sn(module):
-            _replace_biggan(module, backend)
-    return model

@@ -14,7 +14,7 @@ o          1x1 conv, output               C/2 -> C, no bias       (absent)
 gamma      scalar, ``gamma * o + x``      starts at 0             starts at 0
 =========  =============================  ======================  =============================
 
-Where the names come from, for loading weights (see :func:`convert_state_dict`):
+Where the names come from, for loading weights (see :func:`ganops.conversion.convert_state_dict`):
 
 * BigGAN-PyTorch ``layers.Attention``: ``theta, phi, g, o, gamma`` exactly (its ``SNConv2d`` stores
   ``weight, u0, sv0``).
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganops.ops.attention import attention
-from ganops.spectral_norm import spectral_norm as ganops_spectral_norm
+from ganops.nn.spectral_norm import spectral_norm as ganops_spectral_norm
 
 VARIANTS = ("biggan", "sagan")
 
@@ -139,95 +139,3 @@ class SelfAttention2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, variant={self.variant!r}"
-
-
-_SOURCE_NAMES = {
-    "biggan_pytorch": {"theta": "theta", "phi": "phi", "g": "g", "o": "o", "gamma": "gamma"},
-    "studiogan": {"conv1x1_theta": "theta", "conv1x1_phi": "phi", "conv1x1_g": "g", "conv1x1_attn": "o", "sigma": "gamma"},
-    "sagan_pytorch": {"query_conv": "theta", "key_conv": "phi", "value_conv": "g", "gamma": "gamma"},
-}
-
-
-def _biggan_power_iteration(weight: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
-    """BigGAN-PyTorch's one power-iteration step from ``u0``: its eval-mode ``sigma`` is ``u . W v`` of these."""
-    matrix = weight.flatten(1)
-    v = F.normalize(matrix.t() @ u0, dim=0, eps=1e-12)
-    return F.normalize(matrix @ v, dim=0, eps=1e-12), v
-
-
-def convert_state_dict(state_dict: dict[str, Tensor], source: str, spectral_norm: bool = True) -> dict[str, Tensor]:
-    """A state dict of one attention layer of ``source`` (keys relative to that layer) for :class:`SelfAttention2d`.
-
-    ``source``: ``"biggan_pytorch"``, ``"studiogan"`` or ``"sagan_pytorch"`` (see the module docstring).
-    ``spectral_norm`` says whether the target module has it. Spectrally normalised sources keep their state:
-    ``weight_orig/weight_u/weight_v`` map one to one; from BigGAN-PyTorch's ``u0``, ``_v = normalize(W^T u0)``
-    and ``_u = normalize(W _v)`` (its own power-iteration step), so the eval-mode outputs agree; its ``sv0``
-    is only a log of past values and is not needed.
-    """
-    if source not in _SOURCE_NAMES:
-        raise ValueError(f"convert_state_dict: source must be one of {tuple(_SOURCE_NAMES)}, got {source!r}")
-    names = _SOURCE_NAMES[source]
-    converted: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        layer, _, field = key.partition(".")
-        if layer not in names:
-            raise KeyError(f"convert_state_dict: unexpected key {key!r} for source {source!r}")
-        target = names[layer]
-        if target == "gamma":
-            converted["gamma"] = value.reshape(())
-            continue
-        if field in ("sv0", "weight_v"):
-            continue  # recomputed below (sv0) or carried with its weight (weight_v)
-        weight = state_dict.get(f"{layer}.weight_orig", state_dict.get(f"{layer}.weight"))
-        if field == "bias":
-            converted[f"{target}.bias"] = value
-        elif field in ("weight", "weight_orig"):
-            converted[f"{target}.parametrizations.weight.original" if spectral_norm else f"{target}.weight"] = value
-        elif field in ("u0", "weight_u") and spectral_norm:
-            if field == "weight_u":
-                u, v = value, state_dict[f"{layer}.weight_v"]
-            else:
-                u, v = _biggan_power_iteration(weight, value.reshape(-1))
-            converted[f"{target}.parametrizations.weight.0._u"] = u
-            converted[f"{target}.parametrizations.weight.0._v"] = v
-        elif field in ("u0", "weight_u"):
-            raise ValueError(
-                f"convert_state_dict: {key!r} belongs to a spectrally normalised layer; convert with spectral_norm=True"
-            )
-        else:
-            raise KeyError(f"convert_state_dict: unexpected key {key!r} for source {source!r}")
-    return converted
-
-
-def replace_attention_layers(model: nn.Module, layer_type: type, source: str, backend: str | None = None) -> int:
-    """Replace, in place, every submodule of ``model`` of type ``layer_type`` by an equivalent :class:`SelfAttention2d`.
-
-    ``source`` names the parameter layout of ``layer_type`` (see :func:`convert_state_dict`): ``"sagan_pytorch"``
-    layers become ``variant="sagan"``, the others ``"biggan"``. Spectral norm is kept where the source has it
-    (``weight_orig``/``u0`` keys), as ganops's; weights, power-iteration state, dtype, device and train/eval
-    mode carry over, so outputs are unchanged. Returns the number of layers replaced.
-    """
-    if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
-        raise TypeError(f"replace_attention_layers: layer_type must be an nn.Module subclass, got {layer_type!r}")
-    if source not in _SOURCE_NAMES:
-        raise ValueError(f"replace_attention_layers: source must be one of {tuple(_SOURCE_NAMES)}, got {source!r}")
-    targets = [
-        (parent, child_name, child)
-        for parent in model.modules()
-        for child_name, child in parent.named_children()
-        if isinstance(child, layer_type)
-    ]
-    for parent, child_name, layer in targets:
-        state = layer.state_dict()
-        spectral = any(key.endswith((".weight_orig", ".u0")) for key in state)
-        converted = convert_state_dict(state, source, spectral_norm=spectral)
-        theta = converted.get("theta.parametrizations.weight.original", converted.get("theta.weight"))
-        if theta is None:
-            raise KeyError(f"replace_attention_layers: no theta/query weight found in {type(layer).__name__}'s state")
-        variant = "sagan" if source == "sagan_pytorch" else "biggan"
-        replacement = SelfAttention2d(theta.shape[1], variant, spectral_norm=spectral, backend=backend)
-        replacement.to(device=theta.device, dtype=theta.dtype)
-        replacement.load_state_dict(converted)
-        replacement.train(layer.training)
-        setattr(parent, child_name, replacement)
-    return len(targets)
