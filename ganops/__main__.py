@@ -1,4 +1,4 @@
-"""``python -m ganops info | bench | demo``."""
+"""``python -m ganops info | bench | check-gpu-code | demo``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="benchmark one whole training step (G step + D step with the penalty) of SAGAN and DCGAN instead of ops",
     )
+    check = commands.add_parser(
+        "check-gpu-code", help="compile every Triton and CUDA kernel for sm_80/sm_90 without a GPU and check budgets"
+    )
+    _cli.add_check_gpu_code_arguments(check)
     demo = commands.add_parser("demo", help="train a small SAGAN or DCGAN on generated shapes; writes samples and losses")
     from ganops import demo as demo_module
 
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo_module.main(args)
+    if args.command == "check-gpu-code":
+        return _cli.check_gpu_code(args)
     if args.command == "info":
         print(_cli.info_text())
         return 0

@@ -74,3 +74,18 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     from benchmarks import run
 
     return run.main(args)
+
+
+def add_check_gpu_code_arguments(parser: argparse.ArgumentParser) -> None:
+    from ganops import gpu_code_check
+
+    gpu_code_check.add_arguments(parser)
+
+
+def check_gpu_code(args: argparse.Namespace) -> int:
+    """``python -m ganops check-gpu-code``: see ``ganops/gpu_code_check.py``."""
+    if _triton.interpreter_enabled():
+        raise SystemExit("check-gpu-code compiles real GPU kernels: run it with TRITON_INTERPRET unset or 0")
+    from ganops import gpu_code_check
+
+    return gpu_code_check.main(args)
