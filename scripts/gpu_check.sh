@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# Run on the lent GPU machine through the device tool (no internet there; its python3 has torch+CUDA,
-# triton, pytest, hypothesis, tqdm, ninja): builds the CUDA extension, runs the GPU tests, the CUDA kernels
-# under compute-sanitizer, and the benchmarks; everything worth keeping goes to $OUT.
-#   device run: PYTHONUNBUFFERED=1 bash scripts/gpu_check.sh
+# The GPU checks of ganops, in steps that each fit one 10-minute device call (together ~12-15 minutes):
+#   build     scripts/gpu_step_build.sh     CUDA extension for sm_90 (MAX_JOBS=16), `ganops info`      ~3-5 min
+#   tests     scripts/gpu_step_tests.sh     pytest -m gpu, every backend required                      ~3-6 min
+#   bench     scripts/gpu_step_bench.sh     benchmarks + measured rankings (one or more ops per call)  ~4-8 min each
+#   memcheck  scripts/gpu_step_memcheck.sh  compute-sanitizer memcheck, no caching allocator           ~2-4 min
+# Every step builds first if the tree has no CUDA build (a warm machine keeps it), writes its results under $OUT
+# (at most 8 files a call come back) and prints a short summary, so the steps can run one per call:
+#   device run: bash scripts/gpu_check.sh build
+#   device run: bash scripts/gpu_check.sh tests memcheck
+#   device run: bash scripts/gpu_check.sh bench attention
+# `bash scripts/gpu_check.sh all` runs build, tests, memcheck and the quick benchmarks in one call (needs a
+# longer limit than one device call allows: for a machine held without the 10-minute cap).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/ganops-gpu-check}"
-mkdir -p "$OUT"
+here="$(cd "$(dirname "$0")" && pwd)"
+[ $# -gt 0 ] || set -- all
 status=0
-
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
-
-# Build for the GPU that is here (sm_90 on H100/H200) to keep the build short.
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" GANOPS_BUILD_CUDA=1 MAX_JOBS=16
-python3 -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
-    || { echo "build failed (see build.log)"; tail -40 "$OUT/build.log"; exit 1; }
-python3 -m ganops info | tee "$OUT/info.txt"
-
-export GANOPS_REQUIRE_BACKENDS=cpp,triton
-python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" || status=1
-compute-sanitizer --tool memcheck --error-exitcode 1 \
-    python3 -m pytest -q -m gpu tests -k "cpp and float32 and not drawn" 2>&1 | tail -30 | tee "$OUT/memcheck.log" \
-    || status=1
-python3 -m ganops bench --device cuda --output "$OUT/results" --write-rankings 2>&1 | tee "$OUT/bench.log" || status=1
-cp ganops/measured_rankings.json "$OUT/" 2>/dev/null
+case "$1" in
+    build) bash "$here/gpu_step_build.sh" || status=1 ;;
+    bench) shift; bash "$here/gpu_step_bench.sh" "$@" || status=1 ;;
+    all)
+        bash "$here/gpu_step_build.sh" || exit 1
+        bash "$here/gpu_step_tests.sh" || status=1
+        bash "$here/gpu_step_memcheck.sh" || status=1
+        BENCH_ARGS="${BENCH_ARGS:---quick}" bash "$here/gpu_step_bench.sh" || status=1
+        ;;
+    *)
+        for step in "$@"; do
+            case "$step" in
+                tests|memcheck|build) bash "$here/gpu_step_$step.sh" || status=1 ;;
+                *) echo "unknown step $step (build, tests, bench [ops], memcheck, all)"; exit 2 ;;
+            esac
+        done
+        ;;
+esac
+echo "--- summary"
+cat "${OUT:-/tmp/ganops-gpu-check}/summary.txt" 2>/dev/null
 exit $status
