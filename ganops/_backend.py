@@ -4,6 +4,12 @@
 benchmarks (``ganops/measured_rankings.json``, written by ``python -m ganops bench --write-rankings``).
 Without a measurement for that op and device it picks the reference: ganops never guesses that a
 kernel is faster.
+
+The kernels' derivatives are registered for reverse-mode autograd only (``torch.library.register_autograd``
+has no forward-mode rule, and torch.func cannot run the autograd.Function it generates). So whenever a call
+needs another kind of derivative -- a forward-mode dual tensor (``torch.autograd.forward_ad``), or a
+``torch.func`` transform that differentiates (``grad``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``) -- every
+backend runs the reference, which torch differentiates in every mode. ``vmap`` alone keeps the kernels.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
+from torch.autograd import forward_ad
 
 from ganops import _extension, _triton
 
@@ -81,6 +89,8 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+# A constant of the process: torch.compile calls it once instead of tracing through the cache.
+@torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=None)
 def measured_rankings() -> dict:
     """``{op: {device_type: {"ranking": [fastest, ...], "source": results file}}}``."""
@@ -98,14 +108,44 @@ def auto_backend(op: str, device_type: str) -> str:
 
 
 @torch.compiler.assume_constant_result
-def select(op: str, device_type: str, backend: str | None) -> str:
-    """Resolve the backend for one call of ``op`` on ``device_type``; raise if an explicit choice cannot run.
-
-    Under ``torch.compile`` the choice is made once, when the function is traced.
-    """
+def _resolve(op: str, device_type: str, backend: str | None) -> str:
     name = requested_backend(backend)
     if name == "auto":
         return auto_backend(op, device_type)
     if (reason := unavailable_reason(name, device_type)) is not None:
         raise RuntimeError(f"ganops.{op}: backend {name!r} is unavailable for {device_type} tensors: {reason}")
+    return name
+
+
+_DIFFERENTIATING_TRANSFORMS = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+
+
+def _has_tangent(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_tangent(item) for item in value)
+    return isinstance(value, Tensor) and forward_ad.unpack_dual(value).tangent is not None
+
+
+def kernels_cannot_differentiate(inputs: tuple) -> bool:
+    """Whether a call on ``inputs`` (tensors or lists of tensors) needs a derivative the kernels do not have:
+    an input is a forward-mode dual tensor, or a differentiating ``torch.func`` transform is active."""
+    if torch.compiler.is_compiling():
+        # Dynamo traces transforms itself and decides the backend once, at trace time (module docstring).
+        return False
+    transforms = torch._C._functorch.get_interpreter_stack() or ()
+    if any(transform.key() in _DIFFERENTIATING_TRANSFORMS for transform in transforms):
+        return True
+    return _has_tangent(inputs)
+
+
+def select(op: str, device_type: str, backend: str | None, *inputs) -> str:
+    """Resolve the backend for one call of ``op`` on ``device_type`` with tensor arguments ``inputs``; raise if
+    an explicit choice cannot run. The reference whenever the call needs forward-mode or torch.func derivatives
+    (module docstring).
+
+    Under ``torch.compile`` the choice is made once, when the function is traced.
+    """
+    name = _resolve(op, device_type, backend)
+    if name != "reference" and kernels_cannot_differentiate(inputs):
+        return "reference"
     return name

@@ -7,6 +7,8 @@ import functools
 import torch
 
 
+# A constant of the process: torch.compile calls it once instead of tracing through the cache.
+@torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=None)
 def load_error() -> str | None:
     """``None`` if ``ganops._C`` loaded and registered its ops, else why it did not."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
+
 
 def interpreter_enabled() -> bool:
     """``TRITON_INTERPRET=1`` runs Triton kernels on CPU tensors (slow; how CI checks the kernels)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# A constant of the process: torch.compile calls it once instead of tracing through the cache.
+@torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=None)
 def import_error() -> str | None:
     """``None`` if triton imports, else why not."""

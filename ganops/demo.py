@@ -14,13 +14,12 @@ import argparse
 import struct
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ganops import losses, models
+from ganops import models
 from ganops.data import random_batch
 from ganops.training import DEMO_SETTINGS, LOSSES, make_trainer
 

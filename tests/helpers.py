@@ -9,7 +9,7 @@ import torch
 
 from ganops import _backend
 
-# Relative-error tolerances per dtype (DESIGN.md, correctness rules).
+# Relative-error tolerances per dtype (README, "Testing").
 TOLERANCE = {
     torch.float64: 1e-10,
     torch.float32: 1e-5,
@@ -34,6 +34,13 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 
     difference = (actual - expected).norm().item()
     scale = max(expected.norm().item(), floor)
     return difference / scale if scale > 0 else difference
+
+
+def max_state_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest relative difference between two modules' state dicts, which must have the same keys."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    return max(relative_error(state_b[k].double(), state_a[k].double()) for k in state_a)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:

@@ -1,5 +1,5 @@
 """spectral_norm: the reference against independent math, the kernels against the reference, the drop-in
-API against torch's parametrization, the failures users hit with torch's spectral norm, grouping, convert."""
+API against torch's parametrization, the failures users hit with torch's spectral norm, grouping (convert: test_conversion.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from torch.nn.utils import parametrizations as torch_parametrizations
 from ganops._dtypes import compute_dtype
 from ganops.ops.spectral_norm import fused_spectral_norm, fused_spectral_norm_group
 from ganops.reference import spectral_norm as reference
-from ganops.conversion import convert_spectral_norms as convert
-from ganops.nn.spectral_norm import SpectralNorm, SpectralNormGroup, remove_spectral_norm, spectral_norm
-from helpers import KERNEL_BACKENDS, relative_error, require_backend
+from ganops.nn.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
+from helpers import KERNEL_BACKENDS, max_state_difference, relative_error, require_backend
 
 ALL_BACKENDS = ("reference",) + KERNEL_BACKENDS
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -210,12 +209,6 @@ def _layer_input(shape, seed):
     return torch.randn(shape, generator=generator)
 
 
-def _max_state_difference(a: nn.Module, b: nn.Module) -> float:
-    state_a, state_b = a.state_dict(), b.state_dict()
-    assert state_a.keys() == state_b.keys()
-    return max(relative_error(state_b[k].double(), state_a[k].double()) for k in state_a)
-
-
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @settings(max_examples=6)
 @given(kind=st.sampled_from(sorted(LAYER_FACTORIES)), iterations=st.integers(1, 3), seed=st.integers(0, 2**16))
@@ -239,7 +232,7 @@ def test_training_steps_match_torch_parametrization(backend, kind, iterations, s
             optimizer.step()
             outputs.append(out.detach())
         assert relative_error(outputs[1].double(), outputs[0].double()) < 1e-5
-        assert _max_state_difference(theirs, ours) < 1e-5
+        assert max_state_difference(theirs, ours) < 1e-5
     for module in (theirs, ours):
         module.eval()
     x = _layer_input(shape, seed)
@@ -355,7 +348,7 @@ def test_torch_compile_fullgraph(backend):
         for module in (eager, compiled):
             module.zero_grad()
             module(x).sum().backward()
-    assert _max_state_difference(eager, compiled_source) < 1e-5
+    assert max_state_difference(eager, compiled_source) < 1e-5
     for p, q in zip(eager.parameters(), compiled_source.parameters()):
         assert relative_error(q.grad, p.grad) < 1e-5
 
@@ -433,7 +426,7 @@ def test_group_matches_per_layer_training_and_eval(backend):
             optimizer.zero_grad()
             module(x).square().mean().backward()
             optimizer.step()
-        assert _max_state_difference(per_layer, grouped) < 1e-5
+        assert max_state_difference(per_layer, grouped) < 1e-5
     for module in (per_layer, grouped):
         module.eval()
     buffers = copy.deepcopy(grouped.state_dict())
@@ -461,127 +454,6 @@ def test_group_runs_one_grouped_op_per_direction():
 def test_group_needs_a_ganops_spectral_norm():
     with pytest.raises(ValueError, match="has no ganops spectral norm"):
         SpectralNormGroup(nn.Linear(3, 3))
-
-
-# ---------------------------------------------------------------- convert
-
-
-def _eval_outputs_identical(model, converted, x):
-    model.eval(), converted.eval()
-    with torch.no_grad():
-        return relative_error(converted(x), model(x)) < 1e-6
-
-
-def test_convert_torch_parametrization_keeps_state_and_parameters():
-    torch.manual_seed(0)
-    model = nn.Sequential(torch_parametrizations.spectral_norm(nn.Conv2d(3, 4, 3)), nn.Flatten(), torch_parametrizations.spectral_norm(nn.Linear(36, 2)))
-    x = torch.randn(2, 3, 5, 5)
-    reference_model = copy.deepcopy(model)
-    parameters = list(model.parameters())
-    convert(model)
-    assert all(isinstance(m.parametrizations.weight[0], SpectralNorm) for m in (model[0], model[2]))
-    assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
-    assert model.state_dict().keys() == reference_model.state_dict().keys()
-    # One training step each: same update order, so the same numbers.
-    for m in (model, reference_model):
-        m(x).sum().backward()
-    assert _max_state_difference(reference_model, model) < 1e-5
-    assert _eval_outputs_identical(reference_model, model, x)
-    convert(model, revert=True)
-    assert isinstance(model[0].parametrizations.weight[0], torch_parametrizations._SpectralNorm)
-    assert _eval_outputs_identical(reference_model, model, x)
-
-
-def test_convert_old_hook_api_as_used_by_studiogan():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.utils.spectral_norm(nn.Conv2d(3, 4, 3), eps=1e-6), nn.Flatten(), nn.utils.spectral_norm(nn.Linear(36, 2), eps=1e-6)
-    )
-    x = torch.randn(2, 3, 5, 5)
-    with torch.no_grad():
-        model(x)  # a training forward, so the vectors are not the initial ones
-    original = copy.deepcopy(model)
-    weight_orig = model[0].weight_orig
-    convert(model)
-    assert model[0].parametrizations.weight.original is weight_orig
-    assert model[0].parametrizations.weight[0].eps == 1e-6
-    assert "0.parametrizations.weight.0._u" in model.state_dict()
-    assert _eval_outputs_identical(original, model, x)
-    convert(model, revert=True)
-    assert _eval_outputs_identical(original, model, x)
-
-
-class _BigGANStyleSN:
-    """A stand-in written from BigGAN-PyTorch's description of its SN mixin: buffers u{i} of shape (1, out) and
-    sv{i}, num_svs singular values from num_itrs power iterations (v from u first, then u; Gram-Schmidt
-    against earlier vectors), u updated in place in training, weight divided by the first singular value."""
-
-    def __init__(self, num_svs, num_itrs, num_outputs, transpose=False, eps=1e-12):
-        self.num_itrs, self.num_svs, self.transpose, self.eps = num_itrs, num_svs, transpose, eps
-        for i in range(num_svs):
-            self.register_buffer(f"u{i}", torch.randn(1, num_outputs))
-            self.register_buffer(f"sv{i}", torch.ones(1))
-
-    def W_(self):
-        w = self.weight.view(self.weight.size(0), -1)
-        for _ in range(self.num_itrs):
-            svs, found_us, found_vs = [], [], []
-            for i in range(self.num_svs):
-                u = getattr(self, f"u{i}")
-                with torch.no_grad():
-                    v = torch.matmul(u, w)
-                    for previous in found_vs:
-                        v = v - (v @ previous.t()) * previous
-                    v = F.normalize(v, eps=self.eps)
-                    found_vs.append(v)
-                    u = torch.matmul(v, w.t())
-                    for previous in found_us:
-                        u = u - (u @ previous.t()) * previous
-                    u = F.normalize(u, eps=self.eps)
-                    found_us.append(u)
-                    if self.training:
-                        getattr(self, f"u{i}")[:] = u
-                svs.append(torch.squeeze(torch.matmul(torch.matmul(v, w.t()), u.t())))
-            if self.training:
-                with torch.no_grad():
-                    for i, sv in enumerate(svs):
-                        getattr(self, f"sv{i}")[:] = sv
-        return self.weight / svs[0]
-
-
-class _SNConv2d(nn.Conv2d, _BigGANStyleSN):
-    def __init__(self, in_channels, out_channels, kernel_size, num_svs=1, num_itrs=1, eps=1e-12):
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size)
-        _BigGANStyleSN.__init__(self, num_svs, num_itrs, out_channels, eps=eps)
-
-    def forward(self, x):
-        return F.conv2d(x, self.W_(), self.bias, self.stride, self.padding)
-
-
-class _SNLinear(nn.Linear, _BigGANStyleSN):
-    def __init__(self, in_features, out_features, num_svs=1, num_itrs=1, eps=1e-12):
-        nn.Linear.__init__(self, in_features, out_features)
-        _BigGANStyleSN.__init__(self, num_svs, num_itrs, out_features, eps=eps)
-
-    def forward(self, x):
-        return F.linear(x, self.W_(), self.bias)
-
-
-def test_convert_biggan_pytorch_layers():
-    torch.manual_seed(0)
-    model = nn.Sequential(_SNConv2d(3, 4, 3, num_svs=2, num_itrs=2), nn.Flatten(), _SNLinear(36, 2, eps=1e-8))
-    x = torch.randn(2, 3, 5, 5)
-    model(x)
-    original = copy.deepcopy(model)
-    weight = model[0].weight
-    convert(model)
-    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
-    assert not isinstance(model[0], _BigGANStyleSN) and not isinstance(model[2], _BigGANStyleSN)
-    assert model[0].parametrizations.weight.original is weight
-    assert model[0].parametrizations.weight[0].n_power_iterations == 2
-    assert model[2].parametrizations.weight[0].eps == 1e-8
-    assert not any(key.endswith(("u0", "sv0")) for key in model.state_dict())
-    assert _eval_outputs_identical(original, model, x)
 
 
 # ---------------------------------------------------------------- GPU
@@ -615,6 +487,6 @@ def test_cuda_group_and_opcheck(backend):
     x = torch.randn(2, 3, 4, 4, device="cuda")
     for module in (model, per_layer):
         module(x).sum().backward()
-    assert _max_state_difference(per_layer, model) < 1e-4
+    assert max_state_difference(per_layer, model) < 1e-4
     weight, u, v, _ = (t.cuda() for t in _layer_inputs(5, 3, torch.float32, 0))
     torch.library.opcheck(getattr(torch.ops.ganops, f"spectral_norm_{backend}").default, (weight.requires_grad_(), u, v, 1, 1e-12))
