@@ -79,6 +79,21 @@ def test_groups_are_strided_over_the_batch(backend):
     assert torch.equal(out[:, 2], statistic[:, None, None].expand(4, 3, 3))
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("batch", [1, 3, 6])
+def test_group_size_none_takes_the_whole_batch_as_one_group(backend, batch):
+    """StyleGAN2's ``group_size=None``: one group of all N samples, for any N (the op and the module)."""
+    require_backend(backend)
+    x = torch.randn(batch, 4, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(batch))
+    out = ganops.minibatch_stddev(x, group_size=None, num_channels=2, eps=1e-8, backend=backend)
+    expected = (x.var(dim=0, unbiased=False) + 1e-8).sqrt().reshape(2, 2, 3, 2).mean(dim=(1, 2, 3))
+    assert torch.equal(out[:, :4], x)
+    assert_close(out[:, 4:], expected[None, :, None, None].expand(batch, 2, 3, 2))
+    assert torch.equal(out, ganops.minibatch_stddev(x, group_size=batch, num_channels=2, backend=backend))
+    layer = ganops.nn.MinibatchStdDev(group_size=None, num_channels=2, backend=backend)
+    assert torch.equal(layer(x), out) and "group_size=None" in repr(layer)
+
+
 @given(problem=problems(), seed=st.integers(0, 2**16))
 def test_reference_derivative_formulas_match_autograd(problem, seed):
     shape, group_size, num_channels = problem

@@ -10,10 +10,11 @@ from ganops.ops.minibatch_stddev import check_hyperparameters, minibatch_stddev
 class MinibatchStdDev(nn.Module):
     """Appends the minibatch standard deviation to a ``[N, C, H, W]`` input (see :func:`ganops.minibatch_stddev`).
 
-    A drop-in for StyleGAN2's ``MinibatchStdLayer(group_size, num_channels)``, giving ``[N, C + num_channels, H, W]``.
+    A drop-in for StyleGAN2's ``MinibatchStdLayer(group_size, num_channels)``, giving ``[N, C + num_channels, H, W]``;
+    ``group_size=None`` takes the whole batch as one group, as StyleGAN2 does.
     """
 
-    def __init__(self, group_size: int = 4, num_channels: int = 1, eps: float = 1e-8, *, backend: str | None = None):
+    def __init__(self, group_size: int | None = 4, num_channels: int = 1, eps: float = 1e-8, *, backend: str | None = None):
         super().__init__()
         check_hyperparameters(group_size, num_channels, eps, caller="MinibatchStdDev")
         self.group_size = group_size

@@ -17,16 +17,21 @@ from ganops.reference import minibatch_stddev as reference
 OP_NAME = "minibatch_stddev"
 
 
-def check_hyperparameters(group_size: int, num_channels: int, eps: float, caller: str = "minibatch_stddev") -> None:
+def check_hyperparameters(group_size: int | None, num_channels: int, eps: float, caller: str = "minibatch_stddev") -> None:
+    """``group_size=None`` is StyleGAN2's "the whole batch is one group"."""
     for name, value in (("group_size", group_size), ("num_channels", num_channels)):
+        if name == "group_size" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}")
+            hint = " (or None: the whole batch as one group)" if name == "group_size" else ""
+            raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}{hint}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"{caller}: eps must be a non-negative float, got {eps!r}")
 
 
-def check_arguments(x: Tensor, group_size: int, num_channels: int, eps: float) -> int:
-    """Raise a clear error for bad arguments; return the effective group size ``min(group_size, N)``."""
+def check_arguments(x: Tensor, group_size: int | None, num_channels: int, eps: float) -> int:
+    """Raise a clear error for bad arguments; return the effective group size ``min(group_size, N)`` (``N`` for
+    ``group_size=None``)."""
     check_hyperparameters(group_size, num_channels, eps)
     if not isinstance(x, Tensor):
         raise TypeError(f"minibatch_stddev: x must be a torch.Tensor, got {type(x).__name__}")
@@ -37,7 +42,7 @@ def check_arguments(x: Tensor, group_size: int, num_channels: int, eps: float) -
     n, c, h, w = x.shape
     if min(n, c, h, w) == 0:
         raise ValueError(f"minibatch_stddev: x must have no empty dimension, got shape {tuple(x.shape)}")
-    groups = min(group_size, n)
+    groups = n if group_size is None else min(group_size, n)
     if n % groups != 0:
         raise ValueError(
             f"minibatch_stddev: the batch size N={n} of x must be divisible by the group size "
@@ -142,7 +147,7 @@ def _kernel_op(backend: str):
 
 def minibatch_stddev(
     x: Tensor,
-    group_size: int = 4,
+    group_size: int | None = 4,
     num_channels: int = 1,
     eps: float = 1e-8,
     *,
@@ -158,7 +163,8 @@ def minibatch_stddev(
     Args:
         x: ``[N, C, H, W]`` floating tensor (float16, bfloat16, float32 or float64; any strides).
             ``N`` must be divisible by ``min(group_size, N)`` and ``C`` by ``num_channels``.
-        group_size: samples per group (StyleGAN2 default 4).
+        group_size: samples per group (StyleGAN2 default 4); ``None``: the whole batch is one group
+            (StyleGAN2's ``group_size=None``).
         num_channels: number of statistics appended (StyleGAN2 default 1).
         eps: added to the variance before the square root.
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; ``None`` defers to
@@ -169,7 +175,7 @@ def minibatch_stddev(
         Differentiable to any order.
     """
     groups = check_arguments(x, group_size, num_channels, eps)
-    chosen = _backend.select(OP_NAME, x.device.type, backend)
+    chosen = _backend.select(OP_NAME, x.device.type, backend, x)
     if chosen == "reference":
         return reference.minibatch_stddev(x, groups, num_channels, eps)
     return _kernel_op(chosen)(x, groups, num_channels, float(eps))
