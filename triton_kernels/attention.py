@@ -1,31 +1,44 @@
 """Triton kernels for attention: forward, backward and double backward, all flash-style (never an N x N matrix
 in memory). The math and notation are those of ``ganops/reference/attention.py``.
 
-* Forward: one program per (query block, batch); online softmax over key blocks; saves ``lse``.
-* Backward: ``Delta = rowsum(dO * O)`` first; then a key-side kernel (one program per key block, walking the
-  query blocks) accumulates ``dK, dV`` and a query-side kernel (one program per query block, walking the key
-  blocks) accumulates ``dQ``: each output tile is owned by one program, so no atomics.
+* Forward: one program per (batch, query block); online softmax over key blocks; saves ``lse``.
+* Backward, at FlashAttention-2's work of 5 tile matmuls per (query block, key block) pair: a row kernel computes
+  ``Delta = rowsum(dO * O)`` (and zeroes the float32 ``dQ`` accumulator); then one key-side kernel (one program per
+  key block, walking the query blocks) computes ``S = q k^T``, ``dP = dO v^T`` once per tile pair and from them
+  accumulates ``dV += P^T dO``, ``dK += dS^T q`` in registers and adds ``dS k`` to ``dQ`` with float32 atomics.
+  The atomics make ``dQ``'s summation order, hence its last bits, vary from run to run. float64 inputs, and any
+  dtype under ``torch.use_deterministic_algorithms(True)``, take the deterministic path instead: the key-side
+  kernel without ``dQ`` plus a query-side kernel that recomputes ``S`` and ``dP`` for ``dQ`` (7 matmuls), so
+  float64 gradients are reproducible to the bit (gradcheck compares two backward passes exactly).
 * Double backward: the query-side kernel walks the keys twice, first for the row statistics ``Delta``,
-  ``rho``, ``gamma`` and the row sums of ``P`` (which need every key), then for ``grad dO`` and ``grad q``; it stores the
-  statistics for the key-side kernel, which accumulates ``grad k`` and ``grad v``. (``out`` is not read:
-  ``Delta = sum_j P dP`` from the first pass does not suffer the rounding of a half-precision ``out``.)
+  ``rho``, ``gamma`` and the row sums of ``P`` (which need every key), then for ``grad dO`` and ``grad q``; it
+  stores the statistics for the key-side kernel, which accumulates ``grad k`` and ``grad v``. (``out`` is not
+  read: ``Delta = sum_j P dP`` from the first pass does not suffer the rounding of a half-precision ``out``.)
 
-Any ``Nq, Nk`` (ragged blocks are masked) and head dims padded to a power of two >= 16 (masked), read
-through their strides. Dots take the input dtype (fp16/bf16 on tensor cores, fp32 as tf32 or exact ieee
-fp32, fp64 as fp64) and accumulate in ``ACC`` = float32, or float64 for float64 inputs. Under the CPU
-interpreter, where half-precision dots are wrong, half-precision operands are upcast to float32 first.
+Any ``Nq, Nk`` (ragged blocks are masked) and head dims padded to a power of two >= 16 (masked), read through
+their strides. Grids are one-dimensional, ``batch x blocks`` folded on axis 0 (CUDA allows 2^31 - 1 blocks there
+and 65535 on the other axes). Dots take the input dtype (fp16/bf16 on tensor cores, fp32 as tf32 or exact ieee
+fp32, fp64 as fp64) and accumulate in ``ACC``, the compute dtype the caller passes (float32, or float64 for
+float64 inputs). Under the CPU interpreter, where half-precision dots are wrong, half-precision operands are
+upcast to float32 first.
+
+Block sizes, warps and pipeline stages come from :func:`launch_config`, a plain function of the dtype, head dims,
+TF32 flag, kernel and device type, which the launches use and ``python -m ganops check-gpu-code`` compiles for
+sm_80 / sm_90 (through the ``*_plan`` functions, see ``triton_kernels/_common.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.runtime.errors import OutOfResources
+
+from ._common import TRITON_DTYPES, Launch, check_grid, run_launches, scalar_tensor, triton_compute_dtype
 
 _forced_blocks: tuple[int, int] | None = None
 
@@ -42,24 +55,44 @@ def forced_block_sizes(block_q: int, block_k: int) -> Iterator[None]:
 
 
 @triton.jit
+def _program_block(n, BLOCK: tl.constexpr):
+    """``(batch, block)`` of this program: the grid folds ``batch x cdiv(n, BLOCK)`` on axis 0, blocks of one batch
+    adjacent (they share their keys and values in L2)."""
+    blocks = tl.cdiv(n, BLOCK)
+    program = tl.program_id(0)
+    return (program // blocks).to(tl.int64), program % blocks
+
+
+@triton.jit
 def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PRECISION)
+
+
+@triton.jit
+def _tile_offsets(stride_b, stride_n, stride_d, batch, rows, n, cols, d):
+    offsets = batch * stride_b + rows[:, None].to(tl.int64) * stride_n + cols[None, :] * stride_d
+    return offsets, (rows[:, None] < n) & (cols[None, :] < d)
 
 
 @triton.jit
 def _load_tile(ptr, stride_b, stride_n, stride_d, batch, rows, n, cols, d):
     """The ``[len(rows), len(cols)]`` tile of a ``[B, n, d]`` tensor at ``batch``, zero outside, in its own dtype
     (it feeds dots as it is; elementwise uses convert to the accumulation dtype)."""
-    offsets = batch * stride_b + rows[:, None].to(tl.int64) * stride_n + cols[None, :] * stride_d
-    mask = (rows[:, None] < n) & (cols[None, :] < d)
+    offsets, mask = _tile_offsets(stride_b, stride_n, stride_d, batch, rows, n, cols, d)
     return tl.load(ptr + offsets, mask=mask, other=0.0)
 
 
 @triton.jit
 def _store_tile(ptr, stride_b, stride_n, stride_d, batch, rows, n, cols, d, value):
-    offsets = batch * stride_b + rows[:, None].to(tl.int64) * stride_n + cols[None, :] * stride_d
-    mask = (rows[:, None] < n) & (cols[None, :] < d)
+    offsets, mask = _tile_offsets(stride_b, stride_n, stride_d, batch, rows, n, cols, d)
     tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _add_tile(ptr, stride_b, stride_n, stride_d, batch, rows, n, cols, d, value):
+    """Atomically adds ``value`` (no ordering needed: only the sum matters, read after the kernel)."""
+    offsets, mask = _tile_offsets(stride_b, stride_n, stride_d, batch, rows, n, cols, d)
+    tl.atomic_add(ptr + offsets, value, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -86,8 +119,8 @@ def _forward_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    batch, block = _program_block(n_q, BLOCK_Q)
+    rows = block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     scale = tl.load(scale_ptr)
@@ -116,15 +149,21 @@ def _forward_kernel(
 def _delta_kernel(
     do_ptr, sdo_b, sdo_n, sdo_d,
     out_ptr, so_b, so_n, so_d,
-    delta_ptr, n_q, d_v,
-    BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
+    dq_ptr, sdq_b, sdq_n, sdq_d,
+    delta_ptr, n_q, d_qk, d_v,
+    BLOCK_Q: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, ACC: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    """``Delta = rowsum(dO * O)``; with ``ATOMIC_DQ``, also zeroes these rows of the ``dQ`` accumulator."""
+    batch, block = _program_block(n_q, BLOCK_Q)
+    rows = block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dv = tl.arange(0, BLOCK_DV)
     grad_out = _load_tile(do_ptr, sdo_b, sdo_n, sdo_d, batch, rows, n_q, dv, d_v)
     out = _load_tile(out_ptr, so_b, so_n, so_d, batch, rows, n_q, dv, d_v)
     tl.store(delta_ptr + batch * n_q + rows, tl.sum(grad_out.to(ACC) * out.to(ACC), axis=1), mask=rows < n_q)
+    if ATOMIC_DQ:
+        zeros = tl.zeros([BLOCK_Q, BLOCK_DQK], dtype=ACC)
+        _store_tile(dq_ptr, sdq_b, sdq_n, sdq_d, batch, rows, n_q, tl.arange(0, BLOCK_DQK), d_qk, zeros)
 
 
 @triton.jit
@@ -133,15 +172,18 @@ def _backward_key_kernel(
     k_ptr, sk_b, sk_n, sk_d,
     v_ptr, sv_b, sv_n, sv_d,
     do_ptr, sdo_b, sdo_n, sdo_d,
+    dq_ptr, sdq_b, sdq_n, sdq_d,
     dk_ptr, sdk_b, sdk_n, sdk_d,
     dv_ptr, sdv_b, sdv_n, sdv_d,
     lse_ptr, delta_ptr, scale_ptr,
     n_q, n_k, d_qk, d_v,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    """``dK`` and ``dV`` of one key block; with ``ATOMIC_DQ`` also this block's share of ``dQ``, added to the
+    zeroed accumulator at ``dq_ptr`` (5 matmuls per tile pair)."""
+    batch, block = _program_block(n_k, BLOCK_K)
+    cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     scale = tl.load(scale_ptr)
@@ -160,6 +202,9 @@ def _backward_key_kernel(
         dp = _dot(grad_out, tl.trans(v), DOT_DTYPE, PRECISION)
         ds = p * (dp - delta[:, None])
         grad_k += _dot(tl.trans(ds), q, DOT_DTYPE, PRECISION)
+        if ATOMIC_DQ:
+            grad_q = _dot(ds, k, DOT_DTYPE, PRECISION) * scale
+            _add_tile(dq_ptr, sdq_b, sdq_n, sdq_d, batch, rows, n_q, dqk, d_qk, grad_q)
     _store_tile(dk_ptr, sdk_b, sdk_n, sdk_d, batch, cols, n_k, dqk, d_qk, grad_k * scale)
     _store_tile(dv_ptr, sdv_b, sdv_n, sdv_d, batch, cols, n_k, dv, d_v, grad_v)
 
@@ -176,8 +221,9 @@ def _backward_query_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    """``dQ`` of one query block, owned by this program (the deterministic path)."""
+    batch, block = _program_block(n_q, BLOCK_Q)
+    rows = block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     scale = tl.load(scale_ptr)
@@ -197,6 +243,21 @@ def _backward_query_kernel(
 
 
 @triton.jit
+def _cast_kernel(
+    src_ptr, ss_b, ss_n, ss_d,
+    dst_ptr, sd_b, sd_n, sd_d,
+    n, d,
+    BLOCK_Q: tl.constexpr, BLOCK_DQK: tl.constexpr,
+):
+    """Copies the float32 ``dQ`` accumulator into the half-precision gradient."""
+    batch, block = _program_block(n, BLOCK_Q)
+    rows = block * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cols = tl.arange(0, BLOCK_DQK)
+    tile = _load_tile(src_ptr, ss_b, ss_n, ss_d, batch, rows, n, cols, d)
+    _store_tile(dst_ptr, sd_b, sd_n, sd_d, batch, rows, n, cols, d, tile)
+
+
+@triton.jit
 def _double_backward_query_kernel(
     q_ptr, sq_b, sq_n, sq_d,
     k_ptr, sk_b, sk_n, sk_d,
@@ -212,8 +273,8 @@ def _double_backward_query_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    batch, block = _program_block(n_q, BLOCK_Q)
+    rows = block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     scale = tl.load(scale_ptr)
@@ -295,8 +356,8 @@ def _double_backward_key_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    batch = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    batch, block = _program_block(n_k, BLOCK_K)
+    cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     scale = tl.load(scale_ptr)
@@ -327,73 +388,168 @@ def _double_backward_key_kernel(
     _store_tile(gv_ptr, sgv_b, sgv_n, sgv_d, batch, cols, n_k, dv, d_v, grad_v)
 
 
-_TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
+KERNELS = {
+    "forward": _forward_kernel,
+    "delta": _delta_kernel,
+    "backward_key": _backward_key_kernel,
+    "backward_query": _backward_query_kernel,
+    "cast": _cast_kernel,
+    "double_backward_query": _double_backward_query_kernel,
+    "double_backward_key": _double_backward_key_kernel,
+}
+# Kernels with one program per key block; the others have one per query block.
+_KEY_SIDE = ("backward_key", "double_backward_key")
 
 
-def _block_sizes(q: Tensor, d_qk: int, d_v: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class LaunchConfig:
+    """What a kernel is compiled and launched with, besides its dtypes: tile sizes, warps, pipeline stages."""
+
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def launch_config(
+    kind: str, dtype: torch.dtype, d_qk: int, d_v: int, allow_tf32: bool, device_type: str
+) -> LaunchConfig:
+    """The configuration of kernel ``kind`` (a key of ``KERNELS``) for inputs of ``dtype`` and head dims
+    ``d_qk, d_v``. Chosen from what ptxas reports for sm_90 (see ``python -m ganops check-gpu-code``):
+    no spills for fp16/bf16/tf32, 64-row tiles so that every dot of the half-precision kernels can be a
+    ``wgmma`` (its M is 64 per warpgroup), 8 warps where one warpgroup's registers would not hold the tiles."""
     if _forced_blocks is not None:
-        return _forced_blocks
-    if q.device.type == "cpu":  # Triton runs CPU tensors only in its interpreter, where small blocks are fastest
-        return 16, 16
-    # Registers hold a few [BLOCK, D] tiles per program: wide heads and fp64 get smaller blocks.
-    widest = max(d_qk, d_v) * (2 if q.dtype == torch.float64 else 1)
-    if widest <= 64:
-        return 64, 64
-    if widest <= 128:
-        return 64, 32
-    return 32, 32
+        return LaunchConfig(*_forced_blocks)
+    if device_type == "cpu":  # Triton runs CPU tensors only in its interpreter, where small blocks are fastest
+        return LaunchConfig(16, 16)
+    widest = max(triton.next_power_of_2(d_qk), triton.next_power_of_2(d_v))
+    tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
+    if kind in ("delta", "cast"):
+        return LaunchConfig(64 if widest <= 128 else 32, 16, num_warps=4)
+    if tensor_cores:
+        return _tensor_core_config(kind, widest)
+    return _cuda_core_config(kind, widest, dtype)
 
 
-def _parameters(q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool, compute_dtype: torch.dtype) -> dict:
-    d_qk, d_v = q.shape[-1], v.shape[-1]
-    block_q, block_k = _block_sizes(q, d_qk, d_v)
-    interpreted = q.device.type == "cpu"
-    dot_dtype = _TRITON_DTYPES[q.dtype]
-    if interpreted and q.dtype in (torch.float16, torch.bfloat16):
-        dot_dtype = tl.float32
+def _tensor_core_config(kind: str, widest: int) -> LaunchConfig:
+    """fp16 / bf16 / tf32: tiles of 64 rows (one wgmma M per warpgroup)."""
+    warps = 4 if widest <= 64 else 8
+    return LaunchConfig(64, 64, num_warps=warps, num_stages=2)
+
+
+def _cuda_core_config(kind: str, widest: int, dtype: torch.dtype) -> LaunchConfig:
+    """Exact fp32 and fp64 dots run on FMA / DMMA units whose operands live in registers: small tiles."""
+    return LaunchConfig(32, 32, num_warps=4, num_stages=2)
+
+
+def _constants(q: Tensor, v: Tensor, allow_tf32: bool, compute_dtype: torch.dtype) -> dict:
+    """The constexpr arguments every kernel takes (each kernel picks the ones it declares)."""
+    dot_dtype = TRITON_DTYPES[q.dtype]
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        dot_dtype = tl.float32  # the interpreter's half-precision dots are wrong
     return dict(
-        n_q=q.shape[1], n_k=k.shape[1], d_qk=d_qk, d_v=d_v,
-        BLOCK_Q=block_q, BLOCK_K=block_k,
-        BLOCK_DQK=max(16, triton.next_power_of_2(d_qk)), BLOCK_DV=max(16, triton.next_power_of_2(d_v)),
-        ACC=_TRITON_DTYPES[compute_dtype],
+        BLOCK_DQK=max(16, triton.next_power_of_2(q.shape[-1])),
+        BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),
+        ACC=triton_compute_dtype(compute_dtype),
         DOT_DTYPE=dot_dtype,
         PRECISION="tf32" if q.dtype == torch.float32 and allow_tf32 else "ieee",
     )
 
 
-# (kernel, dtype, padded head dims) -> the block sizes that fit in shared memory, once a launch had to shrink them.
-_fitting_blocks: dict[tuple, tuple[int, int]] = {}
+def _padded(n: int, block: int) -> int:
+    return triton.cdiv(n, block) * block
 
 
-def _launch(kernel, grid_block: str, rows: int, batch: int, args: tuple, params: dict) -> None:
-    """Launch ``kernel`` over ``cdiv(rows, params[grid_block])`` x ``batch`` programs. If the compiled kernel needs
-    more shared memory than the GPU has (wide fp32/fp64 heads), halve the larger block and retry, down to 16."""
-    key = (kernel.fn.__name__, params["ACC"], params["DOT_DTYPE"], params["BLOCK_DQK"], params["BLOCK_DV"])
-    block_q, block_k = _fitting_blocks.get(key, (params["BLOCK_Q"], params["BLOCK_K"]))
+def _traffic(
+    kind: str, q: Tensor, k: Tensor, v: Tensor, block_q: int, block_k: int, constants: dict
+) -> tuple[int, int]:
+    """``(bytes_moved, flops)`` of one launch of ``kind``: every tile it loads or stores and 2*M*N*K per dot over
+    the (padded) tiles it computes. A model for the launch plan's roofline, not a measurement."""
+    batch, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
+    d_qk, d_v = q.shape[2], v.shape[2]
+    item, stat = q.element_size(), 8 if constants["ACC"] == tl.float64 else 4
+    q_rows, k_rows = n_q * d_qk * item, n_k * d_qk * item  # one batch's q (or dO-sized) and k bytes
+    qv_rows, kv_rows = n_q * d_v * item, n_k * d_v * item
+    query_blocks, key_blocks = triton.cdiv(n_q, block_q), triton.cdiv(n_k, block_k)
+    tile_pairs = _padded(n_q, block_q) * _padded(n_k, block_k)
+    width_qk, width_v = constants["BLOCK_DQK"], constants["BLOCK_DV"]
+    atomic = constants.get("ATOMIC_DQ", False)
+    if kind == "forward":
+        moved = q_rows + query_blocks * (k_rows + kv_rows) + qv_rows + n_q * stat
+        dots = width_qk + width_v
+    elif kind == "delta":
+        moved = 2 * qv_rows + n_q * stat + (n_q * d_qk * 4 if atomic else 0)
+        dots = 0
+    elif kind == "cast":
+        moved = n_q * d_qk * (4 + item)
+        dots = 0
+    elif kind == "backward_key":
+        moved = 2 * (k_rows + kv_rows) + key_blocks * (q_rows + qv_rows + 2 * n_q * stat)
+        moved += key_blocks * 2 * n_q * d_qk * 4 if atomic else 0  # each atomic add reads and writes
+        dots = 2 * width_qk + 2 * width_v + (width_qk if atomic else 0)
+    elif kind == "backward_query":
+        moved = 2 * q_rows + qv_rows + 2 * n_q * stat + query_blocks * (k_rows + kv_rows)
+        dots = 2 * width_qk + width_v
+    elif kind == "double_backward_query":
+        moved = 3 * q_rows + 2 * qv_rows + 5 * n_q * stat + 2 * query_blocks * 2 * (k_rows + kv_rows)
+        dots = 8 * width_qk + 5 * width_v
+    else:  # double_backward_key
+        moved = 2 * 2 * (k_rows + kv_rows) + key_blocks * (2 * q_rows + qv_rows + 4 * n_q * stat)
+        dots = 5 * width_qk + 3 * width_v
+    return batch * moved, batch * 2 * tile_pairs * dots
+
+
+def _plan_launch(
+    kind: str, q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool, args: tuple, constants: dict
+) -> Launch:
+    """The launch of ``KERNELS[kind]`` at :func:`launch_config`'s configuration, and as fallbacks (tried in order
+    where the GPU lacks the shared memory, e.g. sm_80 or consumer parts) the same with the larger block halved,
+    down to 16."""
+    kernel = KERNELS[kind]
+    config = launch_config(kind, q.dtype, q.shape[-1], v.shape[-1], allow_tf32, q.device.type)
+    rows = k.shape[1] if kind in _KEY_SIDE else q.shape[1]
+    launches = []
+    block_q, block_k = config.block_q, config.block_k
     while True:
-        launch_params = {**params, "BLOCK_Q": block_q, "BLOCK_K": block_k}
-        launch_params = {name: value for name, value in launch_params.items() if name in kernel.arg_names}
-        grid = (triton.cdiv(rows, block_q if grid_block == "BLOCK_Q" else block_k), batch)
-        try:
-            kernel[grid](*args, **launch_params)
-            return
-        except OutOfResources:
-            if max(block_q, block_k) <= 16:
-                raise
-            if block_q >= block_k:
-                block_q //= 2
-            else:
-                block_k //= 2
-            _fitting_blocks[key] = (block_q, block_k)
-
-
-def _scale_tensor(q: Tensor, scale: float, compute_dtype: torch.dtype) -> Tensor:
-    # A Python float reaches a kernel as fp32; fp64 inputs need the scale in fp64, so it travels in memory.
-    return torch.full((1,), scale, dtype=compute_dtype, device=q.device)
+        block = block_k if kind in _KEY_SIDE else block_q
+        kwargs = {name: value for name, value in constants.items() if name in kernel.arg_names}
+        blocks = {"BLOCK_Q": block_q, "BLOCK_K": block_k}
+        kwargs.update({name: value for name, value in blocks.items() if name in kernel.arg_names})
+        moved, flops = _traffic(kind, q, k, v, block_q, block_k, constants)
+        launches.append(Launch(
+            kernel, check_grid((q.shape[0] * triton.cdiv(rows, block),)), args,
+            {**kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages},
+            bytes_moved=moved, flops=flops,
+            label=f"BQ={block_q} BK={block_k} w={config.num_warps} s={config.num_stages}",
+        ))
+        if max(block_q, block_k) <= 16 or kind in ("delta", "cast"):
+            break
+        if block_q >= block_k:
+            block_q //= 2
+        else:
+            block_k //= 2
+    launch, *fallbacks = launches
+    launch.fallbacks = tuple(fallbacks)
+    return launch
 
 
 def _row_stat(q: Tensor, compute_dtype: torch.dtype) -> Tensor:
     return torch.empty(q.shape[:2], dtype=compute_dtype, device=q.device)
+
+
+def forward_plan(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool, *, compute_dtype: torch.dtype
+) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
+    """The outputs of :func:`forward` and the launches that fill them."""
+    constants = _constants(q, v, allow_tf32, compute_dtype)
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    lse = _row_stat(q, compute_dtype)
+    scale_tensor = scalar_tensor(scale, compute_dtype, q.device)
+    args = (
+        q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse, scale_tensor,
+        q.shape[1], k.shape[1], q.shape[2], v.shape[2],
+    )
+    return (out, lse), [_plan_launch("forward", q, k, v, allow_tf32, args, constants)]
 
 
 def forward(
@@ -401,41 +557,71 @@ def forward(
 ) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` for 3-D ``q [B, Nq, Dqk]``, ``k [B, Nk, Dqk]``, ``v [B, Nk, Dv]`` (any strides); ``lse`` and
     every accumulation in ``compute_dtype`` (float32 or float64, the caller's rule)."""
-    params = _parameters(q, k, v, allow_tf32, compute_dtype)
-    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-    lse = _row_stat(q, compute_dtype)
-    args = (q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse, _scale_tensor(q, scale, compute_dtype))
-    _launch(_forward_kernel, "BLOCK_Q", q.shape[1], q.shape[0], args, params)
-    return out, lse
+    outputs, launches = forward_plan(q, k, v, scale, allow_tf32, compute_dtype=compute_dtype)
+    run_launches(launches)
+    return outputs
+
+
+def uses_atomic_dq(dtype: torch.dtype) -> bool:
+    """Whether the backward accumulates ``dQ`` with atomics (module docstring): not for float64, nor under
+    ``torch.use_deterministic_algorithms(True)``."""
+    return dtype != torch.float64 and not torch.are_deterministic_algorithms_enabled()
+
+
+def backward_plan(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
+    *, compute_dtype: torch.dtype,
+) -> tuple[tuple[Tensor, Tensor, Tensor], list[Launch]]:
+    """The outputs of :func:`backward` and the launches that fill them."""
+    constants = _constants(q, v, allow_tf32, compute_dtype)
+    atomic = uses_atomic_dq(q.dtype)
+    delta = _row_stat(q, compute_dtype)
+    scale_tensor = scalar_tensor(scale, compute_dtype, q.device)
+    grad_k, grad_v = k.new_empty(k.shape), v.new_empty(v.shape)
+    grad_q = q.new_empty(q.shape)
+    # The atomics accumulate dQ in float32 (the compute dtype); float32 inputs take it as their gradient.
+    accumulator = grad_q if not atomic or q.dtype == compute_dtype else q.new_empty(q.shape, dtype=compute_dtype)
+    sizes = (q.shape[1], k.shape[1], q.shape[2], v.shape[2])
+    delta_args = (grad_out, *grad_out.stride(), out, *out.stride(), accumulator, *accumulator.stride(), delta)
+    delta_args += (q.shape[1], q.shape[2], v.shape[2])
+    launches = [_plan_launch("delta", q, k, v, allow_tf32, delta_args, {**constants, "ATOMIC_DQ": atomic})]
+    inputs = (q, *q.stride(), k, *k.stride(), v, *v.stride(), grad_out, *grad_out.stride())
+    key_args = (
+        *inputs, accumulator, *accumulator.stride(), grad_k, *grad_k.stride(), grad_v, *grad_v.stride(),
+        lse, delta, scale_tensor, *sizes,
+    )
+    launches.append(_plan_launch("backward_key", q, k, v, allow_tf32, key_args, {**constants, "ATOMIC_DQ": atomic}))
+    if not atomic:
+        query_args = (*inputs, grad_q, *grad_q.stride(), lse, delta, scale_tensor, *sizes)
+        launches.append(_plan_launch("backward_query", q, k, v, allow_tf32, query_args, constants))
+    elif accumulator is not grad_q:
+        cast_args = (accumulator, *accumulator.stride(), grad_q, *grad_q.stride(), q.shape[1], q.shape[2])
+        launches.append(_plan_launch("cast", q, k, v, allow_tf32, cast_args, constants))
+    return (grad_q, grad_k, grad_v), launches
 
 
 def backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
     *, compute_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    params = _parameters(q, k, v, allow_tf32, compute_dtype)
-    delta = _row_stat(q, compute_dtype)
-    delta_args = (grad_out, *grad_out.stride(), out, *out.stride(), delta)
-    _launch(_delta_kernel, "BLOCK_Q", q.shape[1], q.shape[0], delta_args, params)
-    scale_tensor = _scale_tensor(q, scale, compute_dtype)
-    grad_q, grad_k, grad_v = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    inputs = (q, *q.stride(), k, *k.stride(), v, *v.stride(), grad_out, *grad_out.stride())
-    key_args = (*inputs, grad_k, *grad_k.stride(), grad_v, *grad_v.stride(), lse, delta, scale_tensor)
-    _launch(_backward_key_kernel, "BLOCK_K", k.shape[1], q.shape[0], key_args, params)
-    query_args = (*inputs, grad_q, *grad_q.stride(), lse, delta, scale_tensor)
-    _launch(_backward_query_kernel, "BLOCK_Q", q.shape[1], q.shape[0], query_args, params)
-    return grad_q, grad_k, grad_v
+    """``(grad_q, grad_k, grad_v)`` of ``<out, grad_out>``, from the forward's ``out`` and ``lse``."""
+    outputs, launches = backward_plan(
+        grad_out, q, k, v, out, lse, scale, allow_tf32, compute_dtype=compute_dtype
+    )
+    run_launches(launches)
+    return outputs
 
 
-def double_backward(
+def double_backward_plan(
     grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
     *, compute_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    params = _parameters(q, k, v, allow_tf32, compute_dtype)
-    scale_tensor = _scale_tensor(q, scale, compute_dtype)
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], list[Launch]]:
+    """The outputs of :func:`double_backward` and the launches that fill them."""
+    constants = _constants(q, v, allow_tf32, compute_dtype)
+    scale_tensor = scalar_tensor(scale, compute_dtype, q.device)
     # Row statistics written by the query-side kernel for the key-side kernel.
-    normalized_lse, delta, rho, gamma = _row_stat(q, compute_dtype), _row_stat(q, compute_dtype), _row_stat(q, compute_dtype), _row_stat(q, compute_dtype)
+    normalized_lse, delta, rho, gamma = (_row_stat(q, compute_dtype) for _ in range(4))
     grad_do, grad_q = grad_out.new_empty(grad_out.shape), q.new_empty(q.shape)
     grad_k, grad_v = k.new_empty(k.shape), v.new_empty(v.shape)
     inputs = (
@@ -443,8 +629,26 @@ def double_backward(
         grad_grad_q, *grad_grad_q.stride(), grad_grad_k, *grad_grad_k.stride(), grad_grad_v, *grad_grad_v.stride(),
     )
     statistics = (normalized_lse, delta, rho, gamma, scale_tensor)
-    query_args = (*inputs, grad_do, *grad_do.stride(), grad_q, *grad_q.stride(), lse, *statistics)
-    _launch(_double_backward_query_kernel, "BLOCK_Q", q.shape[1], q.shape[0], query_args, params)
-    key_args = (*inputs, grad_k, *grad_k.stride(), grad_v, *grad_v.stride(), *statistics)
-    _launch(_double_backward_key_kernel, "BLOCK_K", k.shape[1], q.shape[0], key_args, params)
-    return grad_do, grad_q, grad_k, grad_v
+    sizes = (q.shape[1], k.shape[1], q.shape[2], v.shape[2])
+    query_args = (*inputs, grad_do, *grad_do.stride(), grad_q, *grad_q.stride(), lse, *statistics, *sizes)
+    key_args = (*inputs, grad_k, *grad_k.stride(), grad_v, *grad_v.stride(), *statistics, *sizes)
+    launches = [
+        _plan_launch("double_backward_query", q, k, v, allow_tf32, query_args, constants),
+        _plan_launch("double_backward_key", q, k, v, allow_tf32, key_args, constants),
+    ]
+    return (grad_do, grad_q, grad_k, grad_v), launches
+
+
+def double_backward(
+    grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
+    *, compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(grad of grad_out, grad_q, grad_k, grad_v)`` of ``<(dq, dk, dv), (grad_grad_q, grad_grad_k, grad_grad_v)>``
+    where ``(dq, dk, dv)`` is :func:`backward`'s result (the double backward of a gradient penalty)."""
+    outputs, launches = double_backward_plan(
+        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32,
+        compute_dtype=compute_dtype,
+    )
+    run_launches(launches)
+    return outputs
