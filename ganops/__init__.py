@@ -13,15 +13,20 @@ from ganops.ops.minibatch_stddev import minibatch_stddev
 from ganops.conversion import convert
 from ganops.nn.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
 from ganops.training import LazyRegularizer
+from ganops.training_utils import ExponentialMovingAverage, HistoricalAverage, ImagePool, clip_weights_
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "ExponentialMovingAverage",
+    "HistoricalAverage",
+    "ImagePool",
     "LazyRegularizer",
     "NonFiniteGradientError",
     "SpectralNormGroup",
     "attention",
+    "clip_weights_",
     "convert",
     "data",
     "gradient_norm_penalty",
