@@ -48,6 +48,8 @@ class SpectralNorm(nn.Module):
     ) -> None:
         super().__init__()
         check_hyperparameters(n_power_iterations, eps, "spectral_norm")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"spectral_norm: dim must be an int, got {dim!r}")
         ndim = weight.ndim
         if dim >= ndim or dim < -ndim:
             raise IndexError(f"spectral_norm: dim must be in [-{ndim}, {ndim - 1}] for a weight of shape {tuple(weight.shape)}, got {dim}")
@@ -179,7 +181,9 @@ class SpectralNormGroup:
     A forward pre-hook on ``model`` runs one grouped op per (dtype, device, iterations, eps) over all layers
     whose only parametrization is ganops's spectral norm, updates their ``_u``/``_v`` (training mode) and
     hands each layer its ``W / sigma``; the grouped op's backward computes every layer's gradient in one
-    launch too. A forward hook drops results a layer did not use. Train/eval mode is read per layer.
+    launch too. A forward hook drops results a layer did not use, also when the forward raises
+    (``always_call=True``): a precomputed weight never outlives the forward it was made for. Train/eval mode is
+    read per layer.
     Every layer is updated once per forward of ``model``, whether or not the forward uses it.
 
     >>> group = ganops.SpectralNormGroup(discriminator)
@@ -200,7 +204,7 @@ class SpectralNormGroup:
             raise ValueError(f"SpectralNormGroup: model {type(model).__name__} has no ganops spectral norm to group")
         self._handles = [
             model.register_forward_pre_hook(self._before_forward),
-            model.register_forward_hook(self._after_forward),
+            model.register_forward_hook(self._after_forward, always_call=True),
         ]
 
     def update(self) -> None:
@@ -226,7 +230,11 @@ class SpectralNormGroup:
             sn._pending = None
 
     def _before_forward(self, model, args) -> None:
-        self.update()
+        try:
+            self.update()
+        except BaseException:
+            self.clear()
+            raise
 
     def _after_forward(self, model, args, output) -> None:
         self.clear()

@@ -241,7 +241,7 @@ def attention(
     # Attention is a matmul-like op, as SDPA is: projections of mixed precision meet in the autocast dtype.
     q, k, v = autocast_inputs(q, k, v)
     scale = check_arguments(q, k, v, scale)
-    chosen = _backend.select(OP_NAME, q.device.type, backend)
+    chosen = _backend.select(OP_NAME, q.device.type, backend, q, k, v)
     if chosen == "reference":
         return reference.attention(q, k, v, scale)
     q3, k3, v3 = _flatten_batch(q), _flatten_batch(k), _flatten_batch(v)

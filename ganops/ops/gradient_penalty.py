@@ -17,6 +17,7 @@ The math lives in ``ganops/reference/gradient_penalty.py``; the kernels in ``tri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -192,8 +193,8 @@ def cpp_kernels_available() -> bool:
     return _extension.is_loaded() and hasattr(torch.ops.ganops, "gradient_penalty_cpp")
 
 
-def _select(device_type: str, backend: str | None) -> str:
-    chosen = _backend.select(OP_NAME, device_type, backend)
+def _select(device_type: str, backend: str | None, *inputs: Tensor) -> str:
+    chosen = _backend.select(OP_NAME, device_type, backend, *inputs)
     if chosen == "cpp" and not cpp_kernels_available():
         raise RuntimeError(
             "ganops.gradient_penalty: backend 'cpp' is unavailable: the compiled extension predates the gradient "
@@ -222,7 +223,7 @@ def gradient_norm_penalty(
         0-dim tensor of ``grad``'s dtype.
     """
     check_penalty_arguments(grad, center, one_sided)
-    chosen = _select(grad.device.type, backend)
+    chosen = _select(grad.device.type, backend, grad)
     if chosen == "reference":
         return reference.gradient_penalty(grad, float(center), one_sided)
     return getattr(torch.ops.ganops, f"gradient_penalty_{chosen}").default(grad, float(center), one_sided)
@@ -232,7 +233,7 @@ def interpolate(real: Tensor, fake: Tensor, eps: Tensor, *, backend: str | None 
     """``eps_n * real_n + (1 - eps_n) * fake_n`` per sample ``n`` (WGAN-GP's ``x_hat``), in ``real``'s dtype and
     layout; ``eps`` has shape ``[N]``. Differentiable with respect to all three inputs."""
     check_interpolate_arguments(real, fake, eps)
-    chosen = _select(real.device.type, backend)
+    chosen = _select(real.device.type, backend, real, fake, eps)
     if chosen == "reference":
         return reference.interpolate(real, fake, eps)
     return getattr(torch.ops.ganops, f"gradient_penalty_interpolate_{chosen}").default(real, fake, eps)
@@ -362,9 +363,17 @@ def gradient_penalty(
     check_center(center, caller)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise TypeError(f"{caller}: weight must be a float, got {weight!r}")
+    if not math.isfinite(weight):
+        raise ValueError(f"{caller}: weight must be finite, got {weight!r}")
     if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
         raise TypeError(f"{caller}: grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{caller}: gradient mode is off (torch.no_grad() or torch.inference_mode() is active), so D's input "
+            "gradient cannot be taken; call gradient_penalty outside that block (inside torch.no_grad(), wrapping the call "
+            "in torch.enable_grad() also works)"
+        )
     x_hat = _penalised_points(kind, real, fake, generator, backend).requires_grad_(True)
     output = discriminator(x_hat, *discriminator_args, **(discriminator_kwargs or {}))
     if not isinstance(output, Tensor):

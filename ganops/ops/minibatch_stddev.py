@@ -5,6 +5,8 @@ and the public function. The math lives in ``ganops/reference/minibatch_stddev.p
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -25,8 +27,8 @@ def check_hyperparameters(group_size: int | None, num_channels: int, eps: float,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             hint = " (or None: the whole batch as one group)" if name == "group_size" else ""
             raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}{hint}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"{caller}: eps must be a non-negative float, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"{caller}: eps must be a finite non-negative float, got {eps!r}")
 
 
 def check_arguments(x: Tensor, group_size: int | None, num_channels: int, eps: float) -> int:

@@ -16,6 +16,8 @@ The math lives in ``ganops/reference/spectral_norm.py``; the kernels in ``triton
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -31,8 +33,8 @@ def check_hyperparameters(n_power_iterations: int, eps: float, caller: str, allo
     minimum = 0 if allow_zero_iterations else 1
     if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < minimum:
         raise ValueError(f"{caller}: n_power_iterations must be an int >= {minimum}, got {n_power_iterations!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"{caller}: eps must be a non-negative float, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"{caller}: eps must be a finite non-negative float, got {eps!r}")
 
 
 def check_layer(weight_mat: Tensor, u: Tensor, v: Tensor, caller: str = "spectral_norm") -> None:
@@ -234,7 +236,7 @@ def fused_spectral_norm(
         Never aliases its inputs: callers copy ``u_new``/``v_new`` into their buffers.
     """
     check_layer_arguments(weight_mat, u, v, n_power_iterations, eps)
-    chosen = _backend.select(OP_NAME, weight_mat.device.type, backend)
+    chosen = _backend.select(OP_NAME, weight_mat.device.type, backend, weight_mat, u, v)
     if chosen == "reference":
         return reference.spectral_norm_forward(weight_mat, u, v, n_power_iterations, eps)
     return op(f"ganops::spectral_norm_{chosen}")(weight_mat, u, v, n_power_iterations, float(eps))
@@ -256,8 +258,8 @@ def fused_spectral_norm_group(
     for index, w in enumerate(weight_mats):
         buckets.setdefault((w.device, w.dtype), []).append(index)
     for (device, _), indices in buckets.items():
-        chosen = _backend.select(OP_NAME, device.type, backend)
         ws, bu, bv = ([seq[i] for i in indices] for seq in (weight_mats, us, vs))
+        chosen = _backend.select(OP_NAME, device.type, backend, ws, bu, bv)
         if chosen == "reference":
             outputs = [reference.spectral_norm_forward(w, u, v, n_power_iterations, eps) for w, u, v in zip(ws, bu, bv)]
         else:
