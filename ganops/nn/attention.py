@@ -60,11 +60,15 @@ def self_attention_2d(
     o_bias: Tensor | None = None,
     pool: bool = True,
     backend: str | None = None,
-) -> Tensor:
+    return_attention_map: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``gamma * o(attention(theta(x), pool(phi(x)), pool(g(x)))) + x`` with logit scale 1, for ``x [B, C, H, W]``.
 
     The weights are 1x1 conv weights ``[out, in, 1, 1]``; ``o_weight=None`` leaves out the output conv (SAGAN,
     where ``g`` maps to ``C``). ``pool``: 2x2 max-pooling of keys and values (BigGAN).
+    ``return_attention_map=True`` also returns the softmax weights ``[B, H*W, Nk]`` (query position, key
+    position), as SAGAN-PyTorch's ``Self_Attn`` does: the fused op never holds that matrix, so this computes it
+    separately from the same queries and keys, at O(N^2) memory, differentiably.
     """
     if x.dim() != 4:
         raise ValueError(f"self_attention_2d: x must have 4 dimensions [B, C, H, W], got shape {tuple(x.shape)}")
@@ -81,9 +85,10 @@ def self_attention_2d(
         keys_values = F.max_pool2d(keys_values, 2)
     keys, values = keys_values.split(widths[1:], dim=1)
     batch, _, height, width = x.shape
+    queries, keys = queries.flatten(2).transpose(1, 2), keys.flatten(2).transpose(1, 2)
     attended = attention(
-        queries.flatten(2).transpose(1, 2),
-        keys.flatten(2).transpose(1, 2),
+        queries,
+        keys,
         values.flatten(2).transpose(1, 2),
         scale=1.0,
         backend=backend,
@@ -91,6 +96,8 @@ def self_attention_2d(
     out = attended.transpose(1, 2).reshape(batch, widths[2], height, width)
     if o_weight is not None:
         out = F.conv2d(out, o_weight, o_bias)
+    if return_attention_map:
+        return gamma * out + x, torch.softmax(queries @ keys.transpose(1, 2), dim=-1)
     return gamma * out + x
 
 
