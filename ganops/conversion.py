@@ -151,8 +151,11 @@ def _v_first(weight_mat: Tensor, u: Tensor, v: Tensor, iterations: int, eps: flo
 
 
 def _is_biggan_sn(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "weight", None), Tensor) and all(
-        hasattr(module, attr) for attr in ("num_svs", "num_itrs", "u0", "sv0", "W_", "eps")
+    # Never getattr(module, "weight"): on a parametrized module that would run (and update) its parametrization.
+    return (
+        callable(getattr(type(module), "W_", None))
+        and all(attr in vars(module) for attr in ("num_svs", "num_itrs", "eps"))
+        and all(buffer in module._buffers for buffer in ("u0", "sv0"))
     )
 
 
