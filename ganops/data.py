@@ -111,3 +111,86 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"ShapesDataset: index {index} out of range for length {self.length}")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index % self.length)
         return random_batch(1, generator, self.image_size, self.max_shapes)[0]
+
+
+# ------------------------------------------------------------------------------------ CycleGAN's domains
+
+
+def swap_colours(images: Tensor) -> Tensor:
+    """The second domain of the CycleGAN recipe: each image with its colour channels rotated (R, G, B) ->
+    (G, B, R), so a red circle on a dark background becomes a green one; ``[B, 3, H, W]`` in, same out."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"swap_colours: images must be [B, 3, H, W], got {getattr(images, 'shape', type(images).__name__)}")
+    return images[:, [1, 2, 0]]
+
+
+# ----------------------------------------------------------------------------------- SeqGAN's sentences
+#
+# A toy English the SeqGAN recipe learns: S -> NP VP; NP -> Det N | Det Adj N; VP -> V NP | V. Sentences of
+# 3 to 7 words end with "." and are padded with "." to SENTENCE_LENGTH tokens.
+
+DETERMINERS = ("the", "a")
+NOUNS = ("cat", "dog", "bird")
+ADJECTIVES = ("big", "small")
+VERBS = ("sees", "chases")
+VOCABULARY = (".",) + DETERMINERS + NOUNS + ADJECTIVES + VERBS
+SENTENCE_LENGTH = 8
+_TOKEN = {word: index for index, word in enumerate(VOCABULARY)}
+
+
+def _pick(words: tuple[str, ...], generator: torch.Generator) -> str:
+    return words[int(torch.randint(len(words), (), generator=generator))]
+
+
+def _noun_phrase(generator: torch.Generator) -> list[str]:
+    words = [_pick(DETERMINERS, generator)]
+    if torch.rand((), generator=generator) < 0.5:
+        words.append(_pick(ADJECTIVES, generator))
+    return words + [_pick(NOUNS, generator)]
+
+
+def grammar_sentences(count: int, generator: torch.Generator) -> Tensor:
+    """``count`` random sentences of the toy grammar as token indices ``[count, SENTENCE_LENGTH]`` (int64)
+    into :data:`VOCABULARY`, drawn with ``generator``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"grammar_sentences: count must be a positive int, got {count!r}")
+    rows = []
+    for _ in range(count):
+        words = _noun_phrase(generator) + [_pick(VERBS, generator)]
+        if torch.rand((), generator=generator) < 0.7:
+            words += _noun_phrase(generator)
+        words += ["."] * (SENTENCE_LENGTH - len(words))
+        rows.append([_TOKEN[word] for word in words])
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def _parse_noun_phrase(words: list[str], position: int) -> int | None:
+    """The position after a noun phrase starting at ``position``, or None."""
+    if position >= len(words) or words[position] not in DETERMINERS:
+        return None
+    position += 1
+    if position < len(words) and words[position] in ADJECTIVES:
+        position += 1
+    return position + 1 if position < len(words) and words[position] in NOUNS else None
+
+
+def is_grammatical(tokens: Tensor) -> Tensor:
+    """Per row of ``tokens [N, T]``: whether it is a sentence of the toy grammar followed only by ``"."``."""
+    result = []
+    for row in tokens.tolist():
+        words = [VOCABULARY[index] for index in row]
+        position = _parse_noun_phrase(words, 0)
+        valid = position is not None and position < len(words) and words[position] in VERBS
+        if valid:
+            position += 1
+            after_object = _parse_noun_phrase(words, position)
+            position = after_object if after_object is not None else position
+            valid = position < len(words) and all(word == "." for word in words[position:])
+        result.append(valid)
+    return torch.tensor(result, dtype=torch.bool)
+
+
+def sentence_text(tokens: Tensor) -> str:
+    """One row of tokens as words, trailing padding dropped after the first ``"."``."""
+    words = [VOCABULARY[index] for index in tokens.tolist()]
+    return " ".join(words[: words.index(".") + 1] if "." in words else words)

@@ -131,8 +131,18 @@ def _draw_curves_without_matplotlib(path: Path, series: dict[str, list[float]], 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ganops.recipes import RECIPES
+
+    parser.add_argument(
+        "--recipe", choices=tuple(RECIPES), default=None,
+        help="train one of the classic GANs' recipes (ganops/recipes.py) instead of --model/--loss; --d-steps and "
+        "--loss do not apply (each recipe takes its paper's D steps); SeqGAN prints sentences",
+    )
     parser.add_argument("--model", choices=models.MODELS, default="sagan", help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps: --d-steps D steps, then one G step (default: %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="training steps: --d-steps D steps, then one G step (default: 1000; with --recipe the recipe's demo length)",
+    )
     parser.add_argument("--d-steps", type=int, default=2, help="D steps per G step, each on a new batch (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--loss", choices=LOSSES, default="hinge", help="wgan-gp adds the gradient penalty to the D step (default: %(default)s)")
@@ -155,6 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     """Train as ``args`` says, write both PNGs; returns the PNG paths, the training time and the loss history."""
     from tqdm import tqdm
 
+    if args.steps is None:
+        args.steps = 1000
     if args.steps < 1 or args.d_steps < 1 or args.batch_size < 2:
         raise SystemExit(
             f"demo: --steps and --d-steps must be >= 1 and --batch-size >= 2, got {args.steps}, {args.d_steps} and "
@@ -203,6 +215,66 @@ def run(args: argparse.Namespace) -> dict:
     return {"samples": samples_path, "losses": curve_path, "seconds": seconds, "history": trainer.history}
 
 
+# Series of a recipe's history that are not losses (schedules, metrics): printed, not plotted.
+_NOT_LOSSES = ("alpha", "k", "grammatical")
+
+
+def run_recipe(args: argparse.Namespace) -> dict:
+    """Train the recipe ``args.recipe`` (:mod:`ganops.recipes`) with a progress bar; write ``samples.png`` (or print
+    sentences, for SeqGAN) and ``losses.png``; returns the paths, the training time and the history."""
+    from tqdm import tqdm
+
+    from ganops import data, recipes
+
+    steps = recipes.RECIPES[args.recipe].demo_steps if args.steps is None else args.steps
+    if steps < 1 or args.batch_size < 2:
+        raise SystemExit(f"demo: --steps must be >= 1 and --batch-size >= 2, got {steps} and {args.batch_size}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = recipes.RecipeConfig(
+        image_size=args.image_size, width=args.width or 16, z_dim=32, batch_size=args.batch_size, steps=steps,
+        seed=args.seed, backend=args.backend, device=device,
+    )
+    recipe = recipes.build(args.recipe, config)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tqdm(range(steps), desc=args.recipe, unit="step") as progress:
+        for step in progress:
+            result = recipe.step()
+            if step % 10 == 0 or step == steps - 1:
+                rate = (step + 1) / (time.perf_counter() - started)
+                progress.set_postfix({**{name: f"{value:.3f}" for name, value in result.items()}, "steps_per_s": f"{rate:.2f}"})
+    seconds = time.perf_counter() - started
+    print(f"trained {steps} steps in {seconds:.1f} s ({steps / seconds:.2f} steps/s) on {device}")
+    paths = {}
+    if args.recipe == "seqgan":
+        sentences = recipe.sample(200)
+        for row in sentences[:12]:
+            print("  ", data.sentence_text(row))
+        print(f"grammatical: {float(data.is_grammatical(sentences).double().mean()):.2f} of 200 sampled sentences")
+    else:
+        samples = recipe.sample(48)
+        scale = max(1, 64 // args.image_size)
+        grid = image_grid(samples, 8, scale)
+        if args.recipe != "cyclegan":
+            reals = random_batch(16, torch.Generator().manual_seed(args.seed + 1), args.image_size)
+            grid = torch.cat([grid, image_grid(reals, 8, scale)], dim=1)
+        paths["samples"] = output / "samples.png"
+        write_png(paths["samples"], grid)
+        layout = "rows of input, G(input), true colour swap" if args.recipe == "cyclegan" else "6 rows generated, 2 rows real below"
+        print(f"samples ({layout}): {paths['samples']}")
+        if args.recipe == "cyclegan":
+            print(f"translation error |G(a) - swap(a)|: {recipe.translation_error():.3f}")
+    curves = {name: values for name, values in recipe.history.items() if name not in _NOT_LOSSES}
+    paths["losses"] = output / "losses.png"
+    kind = write_loss_curve(paths["losses"], curves, f"{args.recipe}, batch {args.batch_size}")
+    print(f"loss curve ({kind}): {paths['losses']}")
+    return {**paths, "seconds": seconds, "history": recipe.history}
+
+
 def main(args: argparse.Namespace) -> int:
-    run(args)
+    if getattr(args, "recipe", None):
+        run_recipe(args)
+    else:
+        run(args)
     return 0

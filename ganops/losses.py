@@ -352,6 +352,10 @@ def began_generator_loss(fake_reconstruction_loss: Tensor) -> Tensor:
     return fake_reconstruction_loss
 
 
+def _scalar(value: Tensor | float) -> float:
+    return value.detach().item() if isinstance(value, Tensor) else float(value)
+
+
 class BEGANBalance:
     """BEGAN's equilibrium control (Berthelot et al. 2017, section 3.4): the weight ``k_t`` of the fake term in
     D's loss, updated by proportional control towards ``E L(G(z)) = gamma E L(x)``:
@@ -372,14 +376,14 @@ class BEGANBalance:
 
     def update(self, real_reconstruction_loss: Tensor | float, fake_reconstruction_loss: Tensor | float) -> float:
         """One proportional-control step of ``k`` from this step's ``L(x)`` and ``L(G(z_G))``; returns the new ``k``."""
-        balance = self.gamma * float(real_reconstruction_loss) - float(fake_reconstruction_loss)
+        balance = self.gamma * _scalar(real_reconstruction_loss) - _scalar(fake_reconstruction_loss)
         self.k = min(max(self.k + self.lambda_k * balance, 0.0), 1.0)
         return self.k
 
     def convergence(self, real_reconstruction_loss: Tensor | float, fake_reconstruction_loss: Tensor | float) -> float:
         """``M_global = L(x) + |gamma L(x) - L(G(z_G))|``."""
-        real = float(real_reconstruction_loss)
-        return real + abs(self.gamma * real - float(fake_reconstruction_loss))
+        real = _scalar(real_reconstruction_loss)
+        return real + abs(self.gamma * real - _scalar(fake_reconstruction_loss))
 
     def state_dict(self) -> dict:
         return {"gamma": self.gamma, "lambda_k": self.lambda_k, "k": self.k}
