@@ -24,6 +24,7 @@ inline void check_attention_tensor(
     const char* op, const char* name, const char* layout, const at::Tensor& t, const at::Tensor& q) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
   TORCH_CHECK(t.dim() == 3, op, ": ", name, " must be a 3-D tensor ", layout, ", got shape ", t.sizes());
+  TORCH_CHECK(t.numel() > 0, op, ": ", name, " must have no empty dimension, got shape ", t.sizes());
   TORCH_CHECK(
       t.scalar_type() == q.scalar_type(), op, ": ", name, " must have the dtype of q (", q.scalar_type(), "), got ",
       t.scalar_type());

@@ -16,8 +16,9 @@ namespace gradient_penalty {
 // A floating [N, ...] tensor with at least one element per sample.
 inline void check_batch_tensor(const char* op, const char* name, const at::Tensor& t) {
   check_floating(op, name, t);
-  TORCH_CHECK(t.dim() >= 1, op, ": expected ", name, " with a batch dimension [N, ...], got a 0-dim tensor");
-  TORCH_CHECK(t.numel() > 0, op, ": expected a non-empty ", name, ", got shape ", t.sizes());
+  TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must have a batch dimension [N, ...], got a 0-dim tensor");
+  TORCH_CHECK(
+      t.numel() > 0, op, ": ", name, " must not be empty (batch size 0 or an empty dimension), got shape ", t.sizes());
 }
 
 // Every other tensor argument must match the reference tensor: the kernels index them with its geometry.
@@ -40,7 +41,8 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
       grad_out.scalar_type() == grad.scalar_type(), op, ": expected grad_out of dtype ", grad.scalar_type(),
       " (the dtype of grad), got ", grad_out.scalar_type());
   TORCH_CHECK(
-      grad_out.device() == grad.device(), op, ": expected grad_out on ", grad.device(), ", got ", grad_out.device());
+      grad_out.device() == grad.device(), op, ": expected grad_out on ", grad.device(), " (the device of grad), got ",
+      grad_out.device());
 }
 
 inline void check_interpolate_inputs(const char* op, const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps) {
@@ -48,12 +50,32 @@ inline void check_interpolate_inputs(const char* op, const at::Tensor& real, con
   check_like(op, "fake", fake, real, "real");
   check_floating(op, "eps", eps);
   TORCH_CHECK(
-      eps.dim() == 1 && eps.size(0) == real.size(0), op, ": expected eps of shape [", real.size(0), "], got ", eps.sizes());
-  TORCH_CHECK(eps.device() == real.device(), op, ": expected eps on ", real.device(), ", got ", eps.device());
+      eps.dim() == 1 && eps.size(0) == real.size(0), op, ": expected eps of shape [N] = [", real.size(0), "], got ",
+      eps.sizes());
+  TORCH_CHECK(
+      eps.device() == real.device(), op, ": expected eps on ", real.device(), " (the device of real), got ", eps.device());
 }
 
 inline void check_center(const char* op, double center) {
   TORCH_CHECK(center >= 0 && center < std::numeric_limits<double>::infinity(), op, ": center must be a finite float >= 0, got ", center);
+}
+
+// The checks of each registered penalty op, as check_penalty_arguments in ganops/ops/gradient_penalty.py plus
+// the incoming gradients of the backward ops.
+inline void check_penalty_inputs(const char* op, const at::Tensor& grad, double center) {
+  check_batch_tensor(op, "grad", grad);
+  check_center(op, center);
+}
+
+inline void check_penalty_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& grad, double center) {
+  check_penalty_inputs(op, grad, center);
+  check_grad_out(op, grad_out, grad);
+}
+
+inline void check_penalty_double_backward_inputs(
+    const char* op, const at::Tensor& grad_grad_grad, const at::Tensor& grad_out, const at::Tensor& grad, double center) {
+  check_penalty_backward_inputs(op, grad_out, grad, center);
+  check_like(op, "grad_grad_grad", grad_grad_grad, grad, "grad");
 }
 
 // t as contiguous [N, D] rows whose element order is the memory order of an output allocated by

@@ -8,26 +8,33 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cmath>
 
 #include "common_torch.h"
 #include "minibatch_stddev_layout.h"
 
 namespace ganops {
 
-// `group_size` is the effective group size G = min(group_size, N): the Python wrapper computes it, and
-// the checks below only guard against callers of torch.ops.ganops.* that did not.
+// The checks of ganops/ops/minibatch_stddev.py (check_arguments), for callers of torch.ops.ganops.* that
+// bypass it. `group_size` is the effective group size G = min(group_size, N), which the Python wrapper
+// computes; the registered ops refuse any other.
 inline MinibatchStddevGeometry check_minibatch_stddev_input(
-    const char* op, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
-  TORCH_CHECK(x.dim() == 4, op, ": expected x of rank 4 [N, C, H, W], got shape ", x.sizes());
+    const char* op, const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have 4 dimensions [N, C, H, W], got shape ", x.sizes());
   check_floating(op, "x", x);
+  TORCH_CHECK(x.numel() > 0, op, ": x must have no empty dimension, got shape ", x.sizes());
   const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1, got ", group_size);
+  TORCH_CHECK(group_size >= 1, op, ": group_size must be a positive int, got ", group_size);
+  TORCH_CHECK(num_channels >= 1, op, ": num_channels must be a positive int, got ", num_channels);
   TORCH_CHECK(
-      N % group_size == 0, op, ": the batch size N = ", N, " must be divisible by the (effective) group size ",
-      group_size);
-  TORCH_CHECK(num_channels >= 1, op, ": num_channels must be >= 1, got ", num_channels);
+      std::isfinite(eps) && eps >= 0, op, ": eps must be a finite non-negative float, got ", eps);
   TORCH_CHECK(
-      C % num_channels == 0, op, ": the channel count C = ", C, " must be divisible by num_channels = ",
+      group_size <= N, op, ": the registered ops take the effective group size min(group_size, N); got group_size = ",
+      group_size, " for N = ", N);
+  TORCH_CHECK(
+      N % group_size == 0, op, ": the batch size N = ", N, " of x must be divisible by the group size ", group_size);
+  TORCH_CHECK(
+      C % num_channels == 0, op, ": the channel count C = ", C, " of x must be divisible by num_channels = ",
       num_channels);
   return make_geometry(N, C, x.size(2), x.size(3), group_size, num_channels);
 }
@@ -63,8 +70,8 @@ struct ForwardArgs {
   at::Tensor out;
 };
 
-inline ForwardArgs prepare_forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
-  const auto geo = check_minibatch_stddev_input("ganops::minibatch_stddev_cpp", x, group_size, num_channels);
+inline ForwardArgs prepare_forward(const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
+  const auto geo = check_minibatch_stddev_input("ganops::minibatch_stddev_cpp", x, group_size, num_channels, eps);
   return {geo, empty_in_layout_of(x, output_shape(geo))};
 }
 
@@ -74,9 +81,9 @@ struct BackwardArgs {
 };
 
 inline BackwardArgs prepare_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+    const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   constexpr const char* op = "ganops::minibatch_stddev_backward_cpp";
-  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels);
+  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels, eps);
   check_like_x(op, "grad_out", grad_out, x, output_shape(geo));
   return {geo, empty_in_layout_of(x, input_shape(geo))};
 }
@@ -89,9 +96,9 @@ struct DoubleBackwardArgs {
 
 inline DoubleBackwardArgs prepare_double_backward(
     const at::Tensor& grad_grad_x, const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size,
-    int64_t num_channels) {
+    int64_t num_channels, double eps) {
   constexpr const char* op = "ganops::minibatch_stddev_double_backward_cpp";
-  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels);
+  const auto geo = check_minibatch_stddev_input(op, x, group_size, num_channels, eps);
   check_like_x(op, "grad_out", grad_out, x, output_shape(geo));
   check_like_x(op, "grad_grad_x", grad_grad_x, x, input_shape(geo));
   return {geo, empty_in_layout_of(x, output_shape(geo)), empty_in_layout_of(x, input_shape(geo))};

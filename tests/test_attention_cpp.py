@@ -148,16 +148,6 @@ def test_biggan_discriminator_shape_with_pooled_keys():
     check_against_naive(*make_inputs((1, 1024, 256, 12, 48), torch.float32, 1.0, seed=0), 1.0)
 
 
-def test_empty_key_set_gives_zero_output_and_minus_infinite_lse():
-    require_cpp_attention()
-    q, k, v, grad_out = make_inputs((2, 3, 0, 4, 5), torch.float32, 1.0, seed=0)
-    out, lse = torch.ops.ganops.attention_cpp(q, k, v, 1.0)
-    expected_out, expected_lse, _ = naive_attention(q, k, v, 1.0)
-    assert torch.equal(out.double(), expected_out) and torch.equal(lse.double(), expected_lse)
-    grad_q, grad_k, grad_v = torch.ops.ganops.attention_backward_cpp(grad_out, q, k, v, out, lse, 1.0)
-    assert torch.equal(grad_q, torch.zeros_like(q)) and grad_k.shape == k.shape and grad_v.shape == v.shape
-
-
 def test_results_do_not_depend_on_the_thread_count():
     require_cpp_attention()
     q, k, v, grad_out = make_inputs((2, 130, 300, 12, 20), torch.float32, 1.0, seed=1)
@@ -234,6 +224,9 @@ def valid_forward_args():
         (lambda a: a.update(v=a["v"][:, :3].contiguous()), r"v must have the batch size of q and the key count of k"),
         (lambda a: a.update(v=a["v"].transpose(1, 2).contiguous().transpose(1, 2)), "v must be contiguous"),
         (lambda a: a.update(scale=math.inf), "scale must be finite"),
+        # An empty key set has no softmax; the public function refuses it too.
+        (lambda a: a.update(k=a["k"][:, :0], v=a["v"][:, :0]), "k must have no empty dimension"),
+        (lambda a: a.update(q=a["q"][:, :0]), "q must have no empty dimension"),
     ],
 )
 def test_forward_rejects_bad_input(change, message):

@@ -134,8 +134,7 @@ acc_t penalty_of(acc_t squared, acc_t center, bool one_sided) {
 
 at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_center(op, center);
+  check_penalty_inputs(op, grad, center);
   const at::Tensor rows = sample_rows(grad, is_channels_last(grad));
   const int64_t N = rows.size(0), D = rows.size(1);
   at::Tensor out = at::empty({}, grad.options());
@@ -154,9 +153,7 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_
 
 at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_backward_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_grad_out(op, grad_out, grad);
-  check_center(op, center);
+  check_penalty_backward_inputs(op, grad_out, grad, center);
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);
   at::Tensor out = empty_in_layout_of(grad);
@@ -182,10 +179,7 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::T
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
     const at::Tensor& grad_grad_grad, const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_double_backward_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_grad_out(op, grad_out, grad);
-  check_like(op, "grad_grad_grad", grad_grad_grad, grad, "grad");
-  check_center(op, center);
+  check_penalty_double_backward_inputs(op, grad_grad_grad, grad_out, grad, center);
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);
   const at::Tensor gg_rows = sample_rows(grad_grad_grad, channels_last);

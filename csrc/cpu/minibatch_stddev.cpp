@@ -296,7 +296,7 @@ void double_backward_kernel(
 }
 
 at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
-  auto args = prepare_forward(x, group_size, num_channels);
+  auto args = prepare_forward(x, group_size, num_channels, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_cpu", [&] {
     forward_kernel<scalar_t>(x, args.out, args.geo, eps);
   });
@@ -305,7 +305,7 @@ at::Tensor minibatch_stddev_cpu(const at::Tensor& x, int64_t group_size, int64_t
 
 at::Tensor minibatch_stddev_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
-  auto args = prepare_backward(grad_out, x, group_size, num_channels);
+  auto args = prepare_backward(grad_out, x, group_size, num_channels, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_out, x, args.grad_x, args.geo, eps);
   });
@@ -315,7 +315,7 @@ at::Tensor minibatch_stddev_backward_cpu(
 std::tuple<at::Tensor, at::Tensor> minibatch_stddev_double_backward_cpu(
     const at::Tensor& grad_grad_x, const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size,
     int64_t num_channels, double eps) {
-  auto args = prepare_double_backward(grad_grad_x, grad_out, x, group_size, num_channels);
+  auto args = prepare_double_backward(grad_grad_x, grad_out, x, group_size, num_channels, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_double_backward_cpu", [&] {
         double_backward_kernel<scalar_t>(grad_grad_x, grad_out, x, args.grad_grad_out, args.grad_x, args.geo, eps);

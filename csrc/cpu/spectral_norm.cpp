@@ -180,15 +180,15 @@ void backward_layer(
   });
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
-spectral_norm_group_cpu(
+using GroupOutputs =
+    std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The forward of checked layers.
+GroupOutputs forward_group(
     at::TensorList weight_mats, at::TensorList us, at::TensorList vs, int64_t n_power_iterations, double eps) {
-  static constexpr const char* op = "ganops::spectral_norm_group_cpp";
-  check_spectral_norm_group(op, weight_mats, us, vs);
-  check_spectral_norm_hyperparameters(op, n_power_iterations, eps);
   auto out = allocate_spectral_norm_outputs(weight_mats, us, vs);
   for (std::size_t i = 0; i < weight_mats.size(); ++i) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), op, [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), "spectral_norm_cpu", [&] {
       forward_layer<scalar_t>(
           weight_mats[i], us[i], vs[i], n_power_iterations, eps, out.weight_sn[i], out.u[i], out.v[i],
           out.sigma[i]);
@@ -197,36 +197,47 @@ spectral_norm_group_cpu(
   return {out.weight_sn, out.u, out.v, out.sigma};
 }
 
-std::vector<at::Tensor> spectral_norm_group_backward_cpu(
+// The backward of checked layers.
+std::vector<at::Tensor> backward_group(
     at::TensorList grads, at::TensorList weight_mats, at::TensorList us, at::TensorList vs,
     at::TensorList sigmas) {
-  static constexpr const char* op = "ganops::spectral_norm_group_backward_cpp";
-  check_spectral_norm_group(op, weight_mats, us, vs);
-  TORCH_CHECK(
-      grads.size() == weight_mats.size() && sigmas.size() == weight_mats.size(), op,
-      ": grads and sigmas must have one entry per weight");
   std::vector<at::Tensor> out;
   for (std::size_t i = 0; i < weight_mats.size(); ++i) {
-    check_spectral_norm_backward_layer(op, grads[i], weight_mats[i], us[i], vs[i], sigmas[i]);
     out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), op, [&] {
-      backward_layer<scalar_t>(grads[i], weight_mats[i], us[i], vs[i], sigmas[i], out.back());
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, weight_mats[i].scalar_type(), "spectral_norm_backward_cpu",
+        [&] { backward_layer<scalar_t>(grads[i], weight_mats[i], us[i], vs[i], sigmas[i], out.back()); });
   }
   return out;
+}
+
+GroupOutputs spectral_norm_group_cpu(
+    at::TensorList weight_mats, at::TensorList us, at::TensorList vs, int64_t n_power_iterations, double eps) {
+  check_spectral_norm_inputs("ganops::spectral_norm_group_cpp", weight_mats, us, vs, n_power_iterations, eps, true);
+  return forward_group(weight_mats, us, vs, n_power_iterations, eps);
+}
+
+std::vector<at::Tensor> spectral_norm_group_backward_cpu(
+    at::TensorList grads, at::TensorList weight_mats, at::TensorList us, at::TensorList vs, at::TensorList sigmas) {
+  check_spectral_norm_backward_inputs(
+      "ganops::spectral_norm_group_backward_cpp", grads, weight_mats, us, vs, sigmas, true);
+  return backward_group(grads, weight_mats, us, vs, sigmas);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_cpu(
     const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v, int64_t n_power_iterations,
     double eps) {
-  auto [weight_sn, u_out, v_out, sigma] = spectral_norm_group_cpu({weight_mat}, {u}, {v}, n_power_iterations, eps);
+  check_spectral_norm_inputs("ganops::spectral_norm_cpp", {weight_mat}, {u}, {v}, n_power_iterations, eps, false);
+  auto [weight_sn, u_out, v_out, sigma] = forward_group({weight_mat}, {u}, {v}, n_power_iterations, eps);
   return {weight_sn[0], u_out[0], v_out[0], sigma[0]};
 }
 
 at::Tensor spectral_norm_backward_cpu(
     const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
     const at::Tensor& sigma) {
-  return spectral_norm_group_backward_cpu({grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
+  check_spectral_norm_backward_inputs(
+      "ganops::spectral_norm_backward_cpp", {grad_sn}, {weight_mat}, {u}, {v}, {sigma}, false);
+  return backward_group({grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
 }
 
 }  // namespace

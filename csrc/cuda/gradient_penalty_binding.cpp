@@ -25,8 +25,7 @@ at::Tensor workspace_for(const at::Tensor& rows) {
 
 at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_center(op, center);
+  check_penalty_inputs(op, grad, center);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor rows = sample_rows(grad, is_channels_last(grad));
   at::Tensor workspace = workspace_for(rows);
@@ -45,9 +44,7 @@ at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, 
 at::Tensor gradient_penalty_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_backward_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_grad_out(op, grad_out, grad);
-  check_center(op, center);
+  check_penalty_backward_inputs(op, grad_out, grad, center);
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);
@@ -69,10 +66,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cuda(
     const at::Tensor& grad_grad_grad, const at::Tensor& grad_out, const at::Tensor& grad, double center,
     bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_double_backward_cpp";
-  check_batch_tensor(op, "grad", grad);
-  check_grad_out(op, grad_out, grad);
-  check_like(op, "grad_grad_grad", grad_grad_grad, grad, "grad");
-  check_center(op, center);
+  check_penalty_double_backward_inputs(op, grad_grad_grad, grad_out, grad, center);
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);

@@ -17,7 +17,7 @@ namespace {
 
 at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  auto args = prepare_forward(x, group_size, num_channels);
+  auto args = prepare_forward(x, group_size, num_channels, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_cuda", [&] {
     check_launch(
         cuda_kernels::minibatch_stddev_forward(
@@ -31,7 +31,7 @@ at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_
 at::Tensor minibatch_stddev_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  auto args = prepare_backward(grad_out, x, group_size, num_channels);
+  auto args = prepare_backward(grad_out, x, group_size, num_channels, eps);
   auto grad_stat = at::empty({args.geo.M * args.geo.F}, x.options().dtype(accumulate_dtype(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_backward_cuda", [&] {
     check_launch(
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> minibatch_stddev_double_backward_cuda(
     const at::Tensor& grad_grad_x, const at::Tensor& grad_out, const at::Tensor& x, int64_t group_size,
     int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  auto args = prepare_double_backward(grad_grad_x, grad_out, x, group_size, num_channels);
+  auto args = prepare_double_backward(grad_grad_x, grad_out, x, group_size, num_channels, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_double_backward_cuda", [&] {
         check_launch(

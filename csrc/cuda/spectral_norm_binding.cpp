@@ -40,12 +40,13 @@ void describe_weight(Layer& layer, const at::Tensor& weight, const at::Tensor& u
   layer.v = input_ptr<scalar_t>(v);
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
-spectral_norm_group_cuda(
-    at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in, int64_t n_power_iterations, double eps) {
-  static constexpr const char* op = "ganops::spectral_norm_group_cpp";
-  check_spectral_norm_group(op, weight_mats, us_in, vs_in);
-  check_spectral_norm_hyperparameters(op, n_power_iterations, eps);
+using GroupOutputs =
+    std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The forward of checked layers; `op` names the registered op in launch errors.
+GroupOutputs forward_group(
+    const char* op, at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in, int64_t n_power_iterations,
+    double eps) {
   const c10::cuda::CUDAGuard guard(weight_mats[0].device());
   std::vector<at::Tensor> us, vs;
   int64_t work_size = 0;
@@ -84,18 +85,13 @@ spectral_norm_group_cuda(
   return {out.weight_sn, out.u, out.v, out.sigma};
 }
 
-std::vector<at::Tensor> spectral_norm_group_backward_cuda(
-    at::TensorList grads, at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in,
+// The backward of checked layers; `op` names the registered op in launch errors.
+std::vector<at::Tensor> backward_group(
+    const char* op, at::TensorList grads, at::TensorList weight_mats, at::TensorList us_in, at::TensorList vs_in,
     at::TensorList sigmas) {
-  static constexpr const char* op = "ganops::spectral_norm_group_backward_cpp";
-  check_spectral_norm_group(op, weight_mats, us_in, vs_in);
-  TORCH_CHECK(
-      grads.size() == weight_mats.size() && sigmas.size() == weight_mats.size(), op,
-      ": grads and sigmas must have one entry per weight");
   const c10::cuda::CUDAGuard guard(weight_mats[0].device());
   std::vector<at::Tensor> us, vs, out;
   for (std::size_t i = 0; i < weight_mats.size(); ++i) {
-    check_spectral_norm_backward_layer(op, grads[i], weight_mats[i], us_in[i], vs_in[i], sigmas[i]);
     us.push_back(us_in[i].contiguous());
     vs.push_back(vs_in[i].contiguous());
     out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
@@ -124,17 +120,35 @@ std::vector<at::Tensor> spectral_norm_group_backward_cuda(
   return out;
 }
 
+GroupOutputs spectral_norm_group_cuda(
+    at::TensorList weight_mats, at::TensorList us, at::TensorList vs, int64_t n_power_iterations, double eps) {
+  constexpr const char* op = "ganops::spectral_norm_group_cpp";
+  check_spectral_norm_inputs(op, weight_mats, us, vs, n_power_iterations, eps, true);
+  return forward_group(op, weight_mats, us, vs, n_power_iterations, eps);
+}
+
+std::vector<at::Tensor> spectral_norm_group_backward_cuda(
+    at::TensorList grads, at::TensorList weight_mats, at::TensorList us, at::TensorList vs, at::TensorList sigmas) {
+  constexpr const char* op = "ganops::spectral_norm_group_backward_cpp";
+  check_spectral_norm_backward_inputs(op, grads, weight_mats, us, vs, sigmas, true);
+  return backward_group(op, grads, weight_mats, us, vs, sigmas);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_cuda(
     const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v, int64_t n_power_iterations,
     double eps) {
-  auto [weight_sn, u_out, v_out, sigma] = spectral_norm_group_cuda({weight_mat}, {u}, {v}, n_power_iterations, eps);
+  constexpr const char* op = "ganops::spectral_norm_cpp";
+  check_spectral_norm_inputs(op, {weight_mat}, {u}, {v}, n_power_iterations, eps, false);
+  auto [weight_sn, u_out, v_out, sigma] = forward_group(op, {weight_mat}, {u}, {v}, n_power_iterations, eps);
   return {weight_sn[0], u_out[0], v_out[0], sigma[0]};
 }
 
 at::Tensor spectral_norm_backward_cuda(
     const at::Tensor& grad_sn, const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
     const at::Tensor& sigma) {
-  return spectral_norm_group_backward_cuda({grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
+  constexpr const char* op = "ganops::spectral_norm_backward_cpp";
+  check_spectral_norm_backward_inputs(op, {grad_sn}, {weight_mat}, {u}, {v}, {sigma}, false);
+  return backward_group(op, {grad_sn}, {weight_mat}, {u}, {v}, {sigma})[0];
 }
 
 }  // namespace
