@@ -715,7 +715,10 @@ def convert(
         if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
             raise TypeError(f"convert: attention_layers keys must be nn.Module subclasses, got {layer_type!r}")
         if source not in _LAYOUTS:
-            raise ValueError(f"convert: attention layout (source) must be one of {tuple(_LAYOUTS)}, got {source!r}")
+            raise ValueError(
+                f"convert: attention_layers maps a class to its source layout; source must be one of "
+                f"{tuple(_LAYOUTS)}, got {source!r} for {layer_type.__name__}"
+            )
     if backend is not None:
         _backend.requested_backend(backend)
     summary = ConversionSummary(reverted=revert)

@@ -342,7 +342,7 @@ def test_convert_rejects_an_attention_layer_it_cannot_run():
     layer.phi = nn.Conv2d(16, 2, 3, padding=1, bias=False)
     with pytest.raises(ValueError, match=r"attention layer <model> \(WideKernelAttention.*'phi' is not a plain 1x1"):
         ganops.convert(layer, attention_layers={biggan_pytorch.Attention: "biggan_pytorch"})
-    with pytest.raises(ValueError, match="layout .* must be one of"):
+    with pytest.raises(ValueError, match="source must be one of .* got 'biggan' for Attention"):
         ganops.convert(layer, attention_layers={biggan_pytorch.Attention: "biggan"})
 
 
