@@ -138,6 +138,14 @@ def kernels_cannot_differentiate(inputs: tuple) -> bool:
     return _has_tangent(inputs)
 
 
+def vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` transform is active (outside ``torch.compile``'s tracing)."""
+    if torch.compiler.is_compiling():
+        return False
+    transforms = torch._C._functorch.get_interpreter_stack() or ()
+    return any(transform.key() == torch._C._functorch.TransformType.Vmap for transform in transforms)
+
+
 def select(op: str, device_type: str, backend: str | None, *inputs) -> str:
     """Resolve the backend for one call of ``op`` on ``device_type`` with tensor arguments ``inputs``; raise if
     an explicit choice cannot run. The reference whenever the call needs forward-mode or torch.func derivatives

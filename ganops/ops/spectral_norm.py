@@ -92,6 +92,7 @@ def _triton_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from ganops.triton_kernels import spectral_norm as kernels
 
+    check_layer_arguments(weight_mat, u, v, n_power_iterations, eps)
     weight_sn, u_out, v_out, sigma = kernels.forward(
         [weight_mat], [u], [v], n_power_iterations, eps, compute_dtype=compute_dtype(weight_mat.dtype)
     )
@@ -102,6 +103,7 @@ def _triton_forward(
 def _triton_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
     from ganops.triton_kernels import spectral_norm as kernels
 
+    _check_backward(grad_sn, weight_mat, u, v, sigma)
     return kernels.backward([grad_sn], [weight_mat], [u], [v], [sigma], compute_dtype=compute_dtype(weight_mat.dtype))[0]
 
 
@@ -111,6 +113,7 @@ def _triton_group(
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
     from ganops.triton_kernels import spectral_norm as kernels
 
+    check_group_arguments(weight_mats, us, vs, n_power_iterations, eps)
     return kernels.forward(
         weight_mats, us, vs, n_power_iterations, eps, compute_dtype=compute_dtype(weight_mats[0].dtype)
     )
@@ -122,6 +125,7 @@ def _triton_group_backward(
 ) -> list[Tensor]:
     from ganops.triton_kernels import spectral_norm as kernels
 
+    _check_group_backward(grads, weight_mats, us, vs, sigmas)
     return kernels.backward(grads, weight_mats, us, vs, sigmas, compute_dtype=compute_dtype(weight_mats[0].dtype))
 
 
@@ -152,13 +156,27 @@ def check_group_arguments(
     check_hyperparameters(n_power_iterations, eps, "spectral_norm_group", allow_zero_iterations=True)
 
 
-def _check_backward(grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor) -> None:
-    check_layer(weight_mat, u, v, caller="spectral_norm_backward")
+def _check_backward(
+    grad_sn: Tensor, weight_mat: Tensor, u: Tensor, v: Tensor, sigma: Tensor, caller: str = "spectral_norm_backward"
+) -> None:
+    check_layer(weight_mat, u, v, caller=caller)
+    if not isinstance(grad_sn, Tensor) or grad_sn.shape != weight_mat.shape:
+        shape = tuple(grad_sn.shape) if isinstance(grad_sn, Tensor) else type(grad_sn).__name__
+        raise ValueError(f"{caller}: grad_sn must have weight_mat's shape {tuple(weight_mat.shape)}, got {shape}")
+    if not isinstance(sigma, Tensor) or sigma.dim() != 0:
+        shape = tuple(sigma.shape) if isinstance(sigma, Tensor) else type(sigma).__name__
+        raise ValueError(f"{caller}: sigma must be a 0-dim tensor, got {shape}")
 
 
 def _check_group_backward(grads, weight_mats, us, vs, sigmas) -> None:
-    for w, u, v in zip(weight_mats, us, vs):
-        check_layer(w, u, v, caller="spectral_norm_group_backward")
+    caller = "spectral_norm_group_backward"
+    if not (len(grads) == len(weight_mats) == len(us) == len(vs) == len(sigmas)) or not weight_mats:
+        raise ValueError(
+            f"{caller}: grads, weight_mats, us, vs and sigmas must be non-empty lists of one length, got "
+            f"{len(grads)}, {len(weight_mats)}, {len(us)}, {len(vs)}, {len(sigmas)}"
+        )
+    for g, w, u, v, sigma in zip(grads, weight_mats, us, vs, sigmas):
+        _check_backward(g, w, u, v, sigma, caller)
 
 
 def _register(suffix: str) -> None:
@@ -262,6 +280,10 @@ def fused_spectral_norm_group(
         chosen = _backend.select(OP_NAME, device.type, backend, ws, bu, bv)
         if chosen == "reference":
             outputs = [reference.spectral_norm_forward(w, u, v, n_power_iterations, eps) for w, u, v in zip(ws, bu, bv)]
+        elif _backend.vmap_active():
+            # vmap has no batching rule for an op on lists of tensors: the one-layer op per layer instead.
+            layer_op = op(f"ganops::spectral_norm_{chosen}")
+            outputs = [layer_op(w, u, v, n_power_iterations, float(eps)) for w, u, v in zip(ws, bu, bv)]
         else:
             grouped = op(f"ganops::spectral_norm_group_{chosen}")(ws, bu, bv, n_power_iterations, float(eps))
             outputs = list(zip(*grouped))
