@@ -1,22 +1,38 @@
-// CUDA kernels of the fused attention ops, FlashAttention-2 style on plain CUDA cores:
+// CUDA kernels of the fused attention ops, FlashAttention-2 style, in two families:
 //
-// * forward: one block per (batch, tile of queries); the scaled query tile stays in shared memory while
-//   the key and value tiles stream through it; a running max and sum per query (online softmax) keep
-//   logits of any magnitude exact, and the unnormalised output tile accumulates in shared memory.
-// * backward: Delta_i = grad_out_i . out_i (one warp per row); then one block per (batch, tile of keys)
-//   accumulates grad_k and grad_v over all query tiles, and one block per (batch, tile of queries)
-//   accumulates grad_q over all key tiles. Both recompute P = exp(scale q k^T - lse) tile by tile from
-//   the saved lse, so no Nq x Nk matrix exists and no two blocks write the same row (no atomics).
+// * Tensor cores (fp16 and bf16 on sm_80 and later, head dims up to 128; the `tc` namespace below):
+//   mma.sync.m16n8k16 with fp32 accumulators, cp.async double buffering, scores kept in registers between
+//   the two products of a step. Written as plain CUDA with inline PTX rather than on CuTe/CUTLASS: the
+//   kernels need four fragment maps (attention_mma.cuh) and a handful of PTX instructions, which a CPU test
+//   can check lane by lane, where CuTe's layouts would add a pinned header-only dependency whose layout
+//   algebra no test here can run. wgmma (sm_90) is not used: mma.sync runs on sm_90 too, at a lower peak.
+// * CUDA cores (fp32, fp64, and fp16/bf16 on older GPUs or head dims above 128), exact FFMA in acc_type:
+//   - forward: one block per (batch, tile of queries); the scaled query tile stays in shared memory while
+//     the key and value tiles stream through it; a running max and sum per query (online softmax) keep
+//     logits of any magnitude exact, and the unnormalised output tile accumulates in shared memory.
+//   - backward: Delta_i = grad_out_i . out_i (one warp per row); then one block per (batch, tile of keys)
+//     accumulates grad_k and grad_v over all query tiles, and one block per (batch, tile of queries)
+//     accumulates grad_q over all key tiles. Both recompute P = exp(scale q k^T - lse) tile by tile from
+//     the saved lse, so no Nq x Nk matrix exists and no two blocks write the same row (no atomics).
+//   Tiles are square, T x T with T the largest of 64, 32, 16, 8 whose buffers fit in the shared memory of
+//   the GPU (head dims up to 256 fit with T >= 16 in float32 on sm_80). Tile rows read across threads are
+//   padded to an odd stride so that a warp reading one element from each of 32 rows hits 32 different banks.
 //
-// Tiles are square, T x T with T the largest of 64, 32, 16, 8 whose buffers fit in the shared memory of
-// the GPU (head dims up to 256 fit with T >= 16 in float32 on sm_80). Any Nq, Nk, Dqk, Dv: rows past
-// the end are masked. Tile rows read across threads are padded to an odd stride so that a warp reading
-// one element from each of 32 rows hits 32 different banks. Summation orders are fixed, so results are
-// deterministic.
+// Both families take any Nq, Nk, Dqk, Dv (rows past the end are masked), use no atomics and fix their
+// summation orders, so results are deterministic. The tensor-core backward is FlashAttention-2's dK/dV pass
+// plus a separate dQ pass (7 tile products per tile pair instead of 5 with atomics on dQ): deterministic,
+// and no fp32 dQ workspace.
 #include "attention.h"
 
 #include <math.h>
 
+#include <map>
+#include <mutex>
+#include <set>
+#include <type_traits>
+#include <utility>
+
+#include "attention_mma.cuh"
 #include "device_utils.cuh"
 
 namespace ganops {
@@ -373,114 +389,757 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
   }
 }
 
-// The largest tile size whose shared memory fits the current device, with its size in bytes; tile 0
-// when none fits.
-struct LaunchTile {
-  int tile;
-  size_t shared_bytes;
+// ---------------------------------------------------------------------------------------------------------
+// Tensor-core kernels (fp16 and bf16 on sm_80 and later): FlashAttention-2 on mma.sync.m16n8k16 with fp32
+// accumulators. Each CTA owns kTileRows = 64 rows (queries, or keys in the dK/dV pass), 16 per warp (the MMA's
+// M), and streams the other side through shared memory kTileCols = 64 at a time; the score tile of a step
+// stays in registers and feeds the next product as its A operand (mma_layout::c_tile_for_a).
+//
+// Shared memory holds each tile as the contiguous span of global memory it is ([rows, dim] of one batch is
+// rows * dim consecutive elements), copied with 16-byte cp.async and double-buffered so that the next step's
+// copy runs under this step's math. Fragments are gathered from the span element by element with the
+// predicate "row and column exist": head dims pad to the MMA's 16 (k) or 8 (n) with zeros read as such, and
+// no padded copy exists anywhere. This costs more shared-memory loads per MMA than ldmatrix on a padded
+// layout would, but works for every head dim and alignment, and the fragment indexing is the one
+// tests/test_cuda_fragment_emulation.py checks on the CPU. Elements travel as their 16-bit patterns; only
+// the MMA's type suffix distinguishes fp16 from bf16.
+namespace tc {
+
+namespace layout = mma_layout;
+
+constexpr int kWarpRows = layout::kM;
+constexpr int kTileRows = kWarps * kWarpRows;
+using layout::kColTiles;
+using layout::kTileCols;
+using layout::Span;
+// Elements of one 16-byte cp.async chunk; a span starts up to this many elements into its buffer, at the
+// source's offset within its 16-byte chunk, so that both sides of every chunk copy are 16-byte aligned.
+constexpr int kChunk = 8;
+// The head dims (Dqk, Dv) the tensor-core kernels are instantiated for, as upper bounds: the first pair
+// that holds the shape is chosen at launch, and steps past the actual dims are skipped at run time, so a
+// pair only sets the register arrays' sizes. (16, 64) is SAGAN's Dqk = C / 8, Dv = C / 2 for C <= 128
+// (BigGAN-128's 12 and 48); above (128, 128) the CUDA-core kernels run.
+struct HeadBounds {
+  int qk, v;
+};
+constexpr HeadBounds kHeadBounds[] = {{16, 64}, {64, 64}, {128, 128}};
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Elements of a shared buffer that holds a span of rows x width elements at any starting offset, rounded
+// to whole chunks so that the next buffer starts 16-byte aligned too.
+__host__ __device__ constexpr int64_t span_capacity(int64_t rows, int64_t width) {
+  return ceil_div(rows * width + kChunk, kChunk) * kChunk;
+}
+
+// Shared bytes of each kernel; the kernels carve their buffers in this order.
+__host__ __device__ constexpr int64_t forward_shared_bytes(int64_t qk_dim, int64_t v_dim) {
+  return 2 * (span_capacity(kTileRows, qk_dim) + 2 * span_capacity(kTileCols, qk_dim) +
+              2 * span_capacity(kTileCols, v_dim));
+}
+// grad_q and grad_kv: the owned rows' two spans, two buffers of each streamed span, and (grad_kv only) two
+// buffers of lse and Delta per streamed row in float.
+__host__ __device__ constexpr int64_t grad_q_shared_bytes(int64_t qk_dim, int64_t v_dim) {
+  return forward_shared_bytes(qk_dim, v_dim) + 2 * span_capacity(kTileRows, v_dim);
+}
+__host__ __device__ constexpr int64_t grad_kv_shared_bytes(int64_t qk_dim, int64_t v_dim) {
+  return grad_q_shared_bytes(qk_dim, v_dim) + 4 * kTileCols * int64_t(sizeof(float));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack(float low, float high);
+template <>
+__device__ __forceinline__ uint32_t pack<__half>(float low, float high) {
+  const __half2 packed = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&packed);
+}
+template <>
+__device__ __forceinline__ uint32_t pack<__nv_bfloat16>(float low, float high) {
+  const __nv_bfloat162 packed = __floats2bfloat162_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&packed);
+}
+
+// The kernels' `pack` and `mma` for the tile functions of attention_mma.cuh.
+template <typename T>
+struct Pack {
+  __device__ uint32_t operator()(float low, float high) const { return pack<T>(low, high); }
+};
+template <typename T>
+struct Mma {
+  __device__ void operator()(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) const;
 };
 
-template <typename SharedElements>
-cudaError_t choose_tile(const SharedElements& elements, size_t element_bytes, LaunchTile* chosen) {
-  int device = 0, limit = 0;
-  cudaError_t error = cudaGetDevice(&device);
-  if (error == cudaSuccess) {
-    error = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+// c += a b on the tensor cores, f32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <>
+__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void cp_async_16(uint16_t* shared_dst, const uint16_t* global_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most `Pending` of this thread's committed copy groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+}
+
+template <typename T>
+__device__ __forceinline__ void Mma<T>::operator()(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) const {
+  mma<T>(c, a, b);
+}
+
+// Starts copying src[0, rows * width) into `buffer` (span_capacity(rows, width) elements); returns the span.
+// The 16-byte chunks go by cp.async; the few elements before the first and after the last whole chunk are
+// copied here. All threads of the block take part; the copy is complete for the block after
+// cp_async_wait and __syncthreads.
+__device__ Span copy_span_async(uint16_t* buffer, const uint16_t* src, int rows, int width) {
+  const int count = rows * width;
+  const int shift = static_cast<int>((reinterpret_cast<uintptr_t>(src) / sizeof(uint16_t)) % kChunk);
+  uint16_t* dst = buffer + shift;
+  const int head = min(count, (kChunk - shift) % kChunk);
+  const int chunks = (count - head) / kChunk;
+  const int tail = head + chunks * kChunk;
+  for (int i = threadIdx.x; i < head; i += kThreads) {
+    dst[i] = src[i];
   }
+  for (int i = tail + threadIdx.x; i < count; i += kThreads) {
+    dst[i] = src[i];
+  }
+  for (int c = threadIdx.x; c < chunks; c += kThreads) {
+    cp_async_16(dst + head + c * kChunk, src + head + c * kChunk);
+  }
+  return {dst, rows, width};
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <typename T>
+__device__ __forceinline__ const uint16_t* bits(const T* p) {
+  return reinterpret_cast<const uint16_t*>(p);
+}
+
+// Two consecutive shared buffers of `capacity` elements, picked by a runtime index without a local array
+// (which would live in local memory).
+template <typename E>
+struct BufferPair {
+  E* first;
+  int64_t capacity;
+  __device__ E* operator[](int index) const { return first + index * capacity; }
+  __device__ E* end() const { return first + 2 * capacity; }
+};
+
+__device__ uint16_t* shared_buffer() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<uint16_t*>(shared_bytes);
+}
+
+template <typename T, int kMaxQk, int kMaxV>
+__global__ void __launch_bounds__(kThreads) forward_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
+    float* __restrict__ lse, AttentionShape s, float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
+  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
+  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int64_t tiles = ceil_div(s.queries, kTileRows);
+  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
+  const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
+
+  uint16_t* q_buffer = shared_buffer();
+  const BufferPair<uint16_t> k_buffers{q_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
+  const BufferPair<uint16_t> v_buffers{k_buffers.end(), span_capacity(kTileCols, v_dim)};
+
+  const uint16_t* k_b = bits(k) + b * s.keys * qk_dim;
+  const uint16_t* v_b = bits(v) + b * s.keys * v_dim;
+  const Span q_span = copy_span_async(q_buffer, bits(q) + (b * s.queries + row0) * qk_dim, rows, qk_dim);
+  cp_async_commit();
+  int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
+  Span k_span = copy_span_async(k_buffers[0], k_b, cols, qk_dim);
+  Span v_span = copy_span_async(v_buffers[0], v_b, cols, v_dim);
+  cp_async_commit();
+
+  float o[kMaxVTiles][4] = {};
+  // Per row of the thread (group and group + 8): running max of the log2-scaled scores, and this thread's
+  // part of the running sum (the quad's four parts are added at the end; all share the max).
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  int buffer = 0;
+  for (int64_t col0 = 0; col0 < s.keys; col0 += kTileCols) {
+    const int64_t next0 = col0 + kTileCols;
+    Span next_k = k_span, next_v = v_span;
+    int next_cols = 0;
+    if (next0 < s.keys) {
+      next_cols = static_cast<int>(min(int64_t(kTileCols), s.keys - next0));
+      next_k = copy_span_async(k_buffers[buffer ^ 1], k_b + next0 * qk_dim, next_cols, qk_dim);
+      next_v = copy_span_async(v_buffers[buffer ^ 1], v_b + next0 * v_dim, next_cols, v_dim);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    float p[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, q_span, warp_row0, k_span, qk_steps, lane, Mma<T>());
+    float step_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        p[nt][i] = nt * layout::kN + layout::c_col(lane, i) < cols ? p[nt][i] * scale_log2 : -INFINITY;
+        step_max[i >> 1] = fmaxf(step_max[i >> 1], p[nt][i]);
+      }
+    }
+    float correction[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // cols >= 1, so the new max is finite and exp2(-inf - max) = 0 for masked keys and the first step.
+      const float new_max = fmaxf(row_max[h], quad_max(step_max[h]));
+      correction[h] = exp2f(row_max[h] - new_max);
+      row_max[h] = new_max;
+      row_sum[h] *= correction[h];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        p[nt][i] = exp2f(p[nt][i] - row_max[i >> 1]);
+        row_sum[i >> 1] += p[nt][i];
+      }
+    }
+#pragma unroll
+    for (int dt = 0; dt < kMaxVTiles; ++dt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        o[dt][i] *= correction[i >> 1];
+      }
+    }
+    layout::accumulate_product<kMaxVTiles>(o, p, v_span, v_tiles, lane, Pack<T>(), Mma<T>());
+    // Every warp is done with this step's buffers before the next step's copy overwrites them.
+    __syncthreads();
+    k_span = next_k;
+    v_span = next_v;
+    cols = next_cols;
+    buffer ^= 1;
+  }
+
+  float inverse[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row_sum[h] = quad_sum(row_sum[h]);
+    inverse[h] = 1.0f / row_sum[h];
+  }
+  T* out_b = out + (b * s.queries + row0) * v_dim;
+#pragma unroll
+  for (int dt = 0; dt < kMaxVTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
+      if (row < rows && col < v_dim) {
+        out_b[row * v_dim + col] = from_acc<T>(o[dt][i] * inverse[i >> 1]);
+      }
+    }
+  }
+  if (layout::quad_of(lane) == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp_row0 + layout::c_row(lane, 2 * h);
+      if (row < rows) {
+        lse[b * s.queries + row0 + row] = (row_max[h] + log2f(row_sum[h])) * kLn2;
+      }
+    }
+  }
+#endif
+}
+
+// grad_q for one (batch, tile of 64 queries): dS = P * (dO V^T - Delta), grad_q = scale dS K, over all key
+// tiles; P is recomputed from the saved lse.
+template <typename T, int kMaxQk, int kMaxV>
+__global__ void __launch_bounds__(kThreads) grad_q_kernel(
+    const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ grad_q, AttentionShape s,
+    float scale, float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kK;
+  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
+  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
+  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
+  const int64_t tiles = ceil_div(s.queries, kTileRows);
+  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
+  const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
+
+  uint16_t* q_buffer = shared_buffer();
+  const BufferPair<uint16_t> k_buffers{q_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
+  const BufferPair<uint16_t> v_buffers{k_buffers.end(), span_capacity(kTileCols, v_dim)};
+  uint16_t* go_buffer = v_buffers.end();
+
+  const int64_t first = b * s.queries + row0;
+  const uint16_t* k_b = bits(k) + b * s.keys * qk_dim;
+  const uint16_t* v_b = bits(v) + b * s.keys * v_dim;
+  const Span q_span = copy_span_async(q_buffer, bits(q) + first * qk_dim, rows, qk_dim);
+  const Span go_span = copy_span_async(go_buffer, bits(grad_out) + first * v_dim, rows, v_dim);
+  cp_async_commit();
+  int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
+  Span k_span = copy_span_async(k_buffers[0], k_b, cols, qk_dim);
+  Span v_span = copy_span_async(v_buffers[0], v_b, cols, v_dim);
+  cp_async_commit();
+
+  float row_lse[2], row_delta[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = warp_row0 + layout::c_row(lane, 2 * h);
+    row_lse[h] = row < rows ? lse[first + row] * kLog2e : 0.0f;
+    row_delta[h] = row < rows ? delta[first + row] : 0.0f;
+  }
+  float dq[kMaxQkTiles][4] = {};
+  int buffer = 0;
+  for (int64_t col0 = 0; col0 < s.keys; col0 += kTileCols) {
+    const int64_t next0 = col0 + kTileCols;
+    Span next_k = k_span, next_v = v_span;
+    int next_cols = 0;
+    if (next0 < s.keys) {
+      next_cols = static_cast<int>(min(int64_t(kTileCols), s.keys - next0));
+      next_k = copy_span_async(k_buffers[buffer ^ 1], k_b + next0 * qk_dim, next_cols, qk_dim);
+      next_v = copy_span_async(v_buffers[buffer ^ 1], v_b + next0 * v_dim, next_cols, v_dim);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    float p[kColTiles][4], dp[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, q_span, warp_row0, k_span, qk_steps, lane, Mma<T>());
+    layout::scores<kMaxVSteps>(dp, go_span, warp_row0, v_span, v_steps, lane, Mma<T>());
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
+        const float prob = key ? exp2f(p[nt][i] * scale_log2 - row_lse[i >> 1]) : 0.0f;
+        dp[nt][i] = prob * (dp[nt][i] - row_delta[i >> 1]);
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(dq, dp, k_span, qk_tiles, lane, Pack<T>(), Mma<T>());
+    __syncthreads();
+    k_span = next_k;
+    v_span = next_v;
+    cols = next_cols;
+    buffer ^= 1;
+  }
+
+  T* gq_b = grad_q + first * qk_dim;
+#pragma unroll
+  for (int dt = 0; dt < kMaxQkTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
+      if (row < rows && col < qk_dim) {
+        gq_b[row * qk_dim + col] = from_acc<T>(dq[dt][i] * scale);
+      }
+    }
+  }
+#endif
+}
+
+// grad_k and grad_v for one (batch, tile of 64 keys), over all query tiles, with the score tiles transposed
+// ([key][query]): grad_v = P^T dO, grad_k = scale dS^T Q.
+template <typename T, int kMaxQk, int kMaxV>
+__global__ void __launch_bounds__(kThreads) grad_kv_kernel(
+    const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ grad_k, T* __restrict__ grad_v,
+    AttentionShape s, float scale, float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
+  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
+  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
+  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int64_t tiles = ceil_div(s.keys, kTileRows);
+  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
+  const int rows = static_cast<int>(min(int64_t(kTileRows), s.keys - row0));
+
+  // The same carving as grad_q with the roles of queries and keys swapped, then the per-query statistics.
+  uint16_t* k_buffer = shared_buffer();
+  const BufferPair<uint16_t> q_buffers{k_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
+  const BufferPair<uint16_t> go_buffers{q_buffers.end(), span_capacity(kTileCols, v_dim)};
+  uint16_t* v_buffer = go_buffers.end();
+  const BufferPair<float> lse_buffers{reinterpret_cast<float*>(v_buffer + span_capacity(kTileRows, v_dim)), kTileCols};
+  const BufferPair<float> delta_buffers{lse_buffers.end(), kTileCols};
+
+  const int64_t first = b * s.keys + row0;
+  const int64_t q_first = b * s.queries;
+  const uint16_t* q_b = bits(q) + q_first * qk_dim;
+  const uint16_t* go_b = bits(grad_out) + q_first * v_dim;
+  const Span k_span = copy_span_async(k_buffer, bits(k) + first * qk_dim, rows, qk_dim);
+  const Span v_span = copy_span_async(v_buffer, bits(v) + first * v_dim, rows, v_dim);
+  cp_async_commit();
+  // Query statistics are few (2 floats a query): plain loads into shared memory, visible after the barrier.
+  const auto copy_stats = [&](int64_t query0, int count, int buffer) {
+    for (int i = threadIdx.x; i < kTileCols; i += kThreads) {
+      lse_buffers[buffer][i] = i < count ? lse[q_first + query0 + i] * kLog2e : 0.0f;
+      delta_buffers[buffer][i] = i < count ? delta[q_first + query0 + i] : 0.0f;
+    }
+  };
+  int cols = static_cast<int>(min(int64_t(kTileCols), s.queries));
+  Span q_span = copy_span_async(q_buffers[0], q_b, cols, qk_dim);
+  Span go_span = copy_span_async(go_buffers[0], go_b, cols, v_dim);
+  copy_stats(0, cols, 0);
+  cp_async_commit();
+
+  float dk[kMaxQkTiles][4] = {}, dv[kMaxVTiles][4] = {};
+  int buffer = 0;
+  for (int64_t col0 = 0; col0 < s.queries; col0 += kTileCols) {
+    const int64_t next0 = col0 + kTileCols;
+    Span next_q = q_span, next_go = go_span;
+    int next_cols = 0;
+    if (next0 < s.queries) {
+      next_cols = static_cast<int>(min(int64_t(kTileCols), s.queries - next0));
+      next_q = copy_span_async(q_buffers[buffer ^ 1], q_b + next0 * qk_dim, next_cols, qk_dim);
+      next_go = copy_span_async(go_buffers[buffer ^ 1], go_b + next0 * v_dim, next_cols, v_dim);
+      copy_stats(next0, next_cols, buffer ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const float* col_lse = lse_buffers[buffer];
+    const float* col_delta = delta_buffers[buffer];
+    float p[kColTiles][4], dp[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, k_span, warp_row0, q_span, qk_steps, lane, Mma<T>());
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = nt * layout::kN + layout::c_col(lane, i);
+        p[nt][i] = col < cols ? exp2f(p[nt][i] * scale_log2 - col_lse[col]) : 0.0f;
+      }
+    }
+    layout::accumulate_product<kMaxVTiles>(dv, p, go_span, v_tiles, lane, Pack<T>(), Mma<T>());
+    layout::scores<kMaxVSteps>(dp, v_span, warp_row0, go_span, v_steps, lane, Mma<T>());
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = nt * layout::kN + layout::c_col(lane, i);
+        dp[nt][i] = p[nt][i] * (dp[nt][i] - col_delta[col]);
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(dk, dp, q_span, qk_tiles, lane, Pack<T>(), Mma<T>());
+    __syncthreads();
+    q_span = next_q;
+    go_span = next_go;
+    cols = next_cols;
+    buffer ^= 1;
+  }
+
+  T* gk_b = grad_k + first * qk_dim;
+  T* gv_b = grad_v + first * v_dim;
+#pragma unroll
+  for (int dt = 0; dt < kMaxQkTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
+      if (row < rows && col < qk_dim) {
+        gk_b[row * qk_dim + col] = from_acc<T>(dk[dt][i] * scale);
+      }
+    }
+  }
+#pragma unroll
+  for (int dt = 0; dt < kMaxVTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
+      if (row < rows && col < v_dim) {
+        gv_b[row * v_dim + col] = from_acc<T>(dv[dt][i]);
+      }
+    }
+  }
+#endif
+}
+
+}  // namespace tc
+
+// ---------------------------------------------------------------------------------------------------------
+// Launching.
+
+// What every launcher needs to know about the current device, read once per device.
+struct DeviceInfo {
+  int device = 0;
+  int major = 0;
+  int shared_optin = 0;  // bytes of dynamic shared memory a block may opt into
+};
+
+cudaError_t current_device_info(DeviceInfo* info) {
+  static std::mutex mutex;
+  static std::map<int, DeviceInfo> known;
+  int device = 0;
+  cudaError_t error = cudaGetDevice(&device);
   if (error != cudaSuccess) {
     return error;
   }
-  for (const int tile : kTileSizes) {
-    const size_t bytes = static_cast<size_t>(elements(tile)) * element_bytes;
-    if (bytes <= static_cast<size_t>(limit)) {
-      *chosen = {tile, bytes};
-      return cudaSuccess;
-    }
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) {
+    *info = found->second;
+    return cudaSuccess;
   }
-  return cudaErrorInvalidValue;
+  DeviceInfo read{device, 0, 0};
+  error = cudaDeviceGetAttribute(&read.major, cudaDevAttrComputeCapabilityMajor, device);
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&read.shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (error == cudaSuccess) {
+    known.emplace(device, read);
+    *info = read;
+  }
+  return error;
 }
 
-// Launches kernel<<<blocks, kThreads, shared bytes>>> after allowing it that much shared memory.
+// Lets `kernel` use the device's whole opt-in shared memory, once per (kernel, device) and from any host
+// thread: the attribute is per device and does not change with the launch, so setting it on every launch
+// would only add a driver call and a race between threads. A failure is returned (and tried again by the
+// next launch), never remembered as done.
+template <typename Kernel>
+cudaError_t allow_optin_shared_memory(Kernel kernel, const DeviceInfo& info) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), info.device};
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (done.count(key) != 0) {
+    return cudaSuccess;
+  }
+  cudaFuncAttributes attributes{};
+  cudaError_t error = cudaFuncGetAttributes(&attributes, kernel);
+  if (error == cudaSuccess) {
+    error = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        info.shared_optin - static_cast<int>(attributes.sharedSizeBytes));
+  }
+  if (error == cudaSuccess) {
+    done.insert(key);
+  }
+  return error;
+}
+
+// Launches kernel<<<blocks, kThreads, shared_bytes, stream>>>; the caller has checked that shared_bytes fits.
 template <typename Kernel, typename... Args>
-cudaError_t launch(Kernel kernel, int64_t blocks, const LaunchTile& tile, cudaStream_t stream, Args... args) {
+cudaError_t launch(
+    Kernel kernel, const DeviceInfo& info, int64_t blocks, size_t shared_bytes, cudaStream_t stream, Args... args) {
   if (blocks == 0) {
     return cudaSuccess;
   }
   if (blocks > kMaxGridX) {
     return cudaErrorInvalidConfiguration;
   }
-  const cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tile.shared_bytes));
+  const cudaError_t error = allow_optin_shared_memory(kernel, info);
   if (error != cudaSuccess) {
     return error;
   }
-  kernel<<<static_cast<unsigned>(blocks), kThreads, tile.shared_bytes, stream>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, shared_bytes, stream>>>(args...);
   return cudaGetLastError();
 }
+
+// The CUDA-core kernels' largest square tile whose shared memory fits the device; tile 0 when none does.
+struct LaunchTile {
+  int tile = 0;
+  size_t shared_bytes = 0;
+};
+
+template <typename SharedElements>
+LaunchTile choose_tile(const SharedElements& elements, size_t element_bytes, const DeviceInfo& info) {
+  for (const int tile : kTileSizes) {
+    const size_t bytes = static_cast<size_t>(elements(tile)) * element_bytes;
+    if (bytes <= static_cast<size_t>(info.shared_optin)) {
+      return {tile, bytes};
+    }
+  }
+  return {};
+}
+
+template <typename T>
+constexpr bool kHalfPrecision = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+
+// The tensor-core instantiation for the shape: the index into tc::kHeadBounds of the first bounds that hold
+// (Dqk, Dv); -1 when the device predates sm_80, the head dims exceed every bound or the buffers exceed the
+// shared memory.
+int tensor_core_bounds(const AttentionShape& s, const DeviceInfo& info, int64_t shared_bytes) {
+  if (info.major < 8 || shared_bytes > info.shared_optin) {
+    return -1;
+  }
+  int index = 0;
+  for (const tc::HeadBounds bounds : tc::kHeadBounds) {
+    if (s.qk_dim <= bounds.qk && s.v_dim <= bounds.v) {
+      return index;
+    }
+    ++index;
+  }
+  return -1;
+}
+
+// The instantiation of a tensor-core kernel template for tc::kHeadBounds[index].
+#define GANOPS_TC_KERNEL(kernel, T, index)                                                         \
+  ((index) == 0 ? kernel<T, tc::kHeadBounds[0].qk, tc::kHeadBounds[0].v>                           \
+   : (index) == 1 ? kernel<T, tc::kHeadBounds[1].qk, tc::kHeadBounds[1].v>                         \
+                  : kernel<T, tc::kHeadBounds[2].qk, tc::kHeadBounds[2].v>)
+static_assert(sizeof(tc::kHeadBounds) / sizeof(tc::kHeadBounds[0]) == 3, "GANOPS_TC_KERNEL names every bound");
+
+template <typename T>
+AttentionLaunch tensor_core_forward(
+    const T* q, const T* k, const T* v, T* out, float* lse, const AttentionShape& shape, double scale,
+    const DeviceInfo& info, int bounds, cudaStream_t stream) {
+  const int64_t blocks = shape.batch * ceil_div(shape.queries, tc::kTileRows);
+  const size_t bytes = static_cast<size_t>(tc::forward_shared_bytes(shape.qk_dim, shape.v_dim));
+  const float scale_log2 = static_cast<float>(scale) * tc::kLog2e;
+  return {launch(
+      GANOPS_TC_KERNEL(tc::forward_kernel, T, bounds), info, blocks, bytes, stream, q, k, v, out, lse, shape,
+      scale_log2)};
+}
+
+template <typename T>
+AttentionLaunch tensor_core_backward(
+    const T* grad_out, const T* q, const T* k, const T* v, const float* lse, const float* delta, T* grad_q,
+    T* grad_k, T* grad_v, const AttentionShape& shape, double scale, const DeviceInfo& info, int bounds,
+    cudaStream_t stream) {
+  const float acc_scale = static_cast<float>(scale);
+  const float scale_log2 = acc_scale * tc::kLog2e;
+  cudaError_t error = launch(
+      GANOPS_TC_KERNEL(tc::grad_q_kernel, T, bounds), info, shape.batch * ceil_div(shape.queries, tc::kTileRows),
+      static_cast<size_t>(tc::grad_q_shared_bytes(shape.qk_dim, shape.v_dim)), stream, grad_out, q, k, v, lse,
+      delta, grad_q, shape, acc_scale, scale_log2);
+  if (error == cudaSuccess) {
+    error = launch(
+        GANOPS_TC_KERNEL(tc::grad_kv_kernel, T, bounds), info, shape.batch * ceil_div(shape.keys, tc::kTileRows),
+        static_cast<size_t>(tc::grad_kv_shared_bytes(shape.qk_dim, shape.v_dim)), stream, grad_out, q, k, v, lse,
+        delta, grad_k, grad_v, shape, acc_scale, scale_log2);
+  }
+  return {error};
+}
+
+#undef GANOPS_TC_KERNEL
 
 }  // namespace
 
 template <typename T>
-cudaError_t attention_forward(
+AttentionLaunch attention_forward(
     const T* q, const T* k, const T* v, T* out, acc_type<T>* lse, const AttentionShape& shape, double scale,
     cudaStream_t stream) {
   using acc_t = acc_type<T>;
   if (shape.batch == 0 || shape.queries == 0) {
-    return cudaSuccess;
+    return {};
   }
-  LaunchTile tile{};
-  const cudaError_t error =
-      choose_tile([&](int t) { return forward_shared_elements(t, shape); }, sizeof(acc_t), &tile);
+  DeviceInfo info;
+  const cudaError_t error = current_device_info(&info);
   if (error != cudaSuccess) {
-    return error;
+    return {error};
   }
-  return launch(
-      forward_kernel<T>, shape.batch * ceil_div(shape.queries, tile.tile), tile, stream, q, k, v, out, lse, shape,
-      tile.tile, static_cast<acc_t>(scale));
+  if constexpr (kHalfPrecision<T>) {
+    const int bounds = tensor_core_bounds(shape, info, tc::forward_shared_bytes(shape.qk_dim, shape.v_dim));
+    if (bounds >= 0) {
+      return tensor_core_forward(q, k, v, out, lse, shape, scale, info, bounds, stream);
+    }
+  }
+  const LaunchTile tile = choose_tile([&](int t) { return forward_shared_elements(t, shape); }, sizeof(acc_t), info);
+  if (tile.tile == 0) {
+    return {cudaSuccess, false};
+  }
+  return {launch(
+      forward_kernel<T>, info, shape.batch * ceil_div(shape.queries, tile.tile), tile.shared_bytes, stream, q, k, v,
+      out, lse, shape, tile.tile, static_cast<acc_t>(scale))};
 }
 
 template <typename T>
-cudaError_t attention_backward(
+AttentionLaunch attention_backward(
     const T* grad_out, const T* q, const T* k, const T* v, const T* out, const acc_type<T>* lse,
     acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
     cudaStream_t stream) {
   using acc_t = acc_type<T>;
   const acc_t acc_scale = static_cast<acc_t>(scale);
+  DeviceInfo info;
+  cudaError_t error = current_device_info(&info);
+  if (error != cudaSuccess) {
+    return {error};
+  }
+  // Pick the kernels before launching anything, so that a shape no kernel fits launches nothing.
+  int bounds = -1;
+  if constexpr (kHalfPrecision<T>) {
+    bounds = tensor_core_bounds(shape, info, tc::grad_kv_shared_bytes(shape.qk_dim, shape.v_dim));
+  }
+  const LaunchTile q_tile =
+      choose_tile([&](int t) { return grad_q_shared_elements(t, shape); }, sizeof(acc_t), info);
+  const LaunchTile kv_tile =
+      choose_tile([&](int t) { return grad_kv_shared_elements(t, shape); }, sizeof(acc_t), info);
+  if (bounds < 0 && (q_tile.tile == 0 || kv_tile.tile == 0)) {
+    return {cudaSuccess, false};
+  }
   const int64_t rows = shape.batch * shape.queries;
   if (rows > 0) {
     const int64_t blocks = ceil_div(rows, kWarps);
     if (blocks > kMaxGridX) {
-      return cudaErrorInvalidConfiguration;
+      return {cudaErrorInvalidConfiguration};
     }
     delta_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         grad_out, out, delta_workspace, rows, shape.v_dim);
-    const cudaError_t error = cudaGetLastError();
+    error = cudaGetLastError();
     if (error != cudaSuccess) {
-      return error;
+      return {error};
     }
   }
-  LaunchTile q_tile{}, kv_tile{};
-  cudaError_t error = choose_tile([&](int t) { return grad_q_shared_elements(t, shape); }, sizeof(acc_t), &q_tile);
-  if (error == cudaSuccess) {
-    error = choose_tile([&](int t) { return grad_kv_shared_elements(t, shape); }, sizeof(acc_t), &kv_tile);
+  if constexpr (kHalfPrecision<T>) {
+    if (bounds >= 0) {
+      return tensor_core_backward(
+          grad_out, q, k, v, lse, delta_workspace, grad_q, grad_k, grad_v, shape, scale, info, bounds, stream);
+    }
   }
+  error = launch(
+      grad_q_kernel<T>, info, shape.batch * ceil_div(shape.queries, q_tile.tile), q_tile.shared_bytes, stream,
+      grad_out, q, k, v, lse, static_cast<const acc_t*>(delta_workspace), grad_q, shape, q_tile.tile, acc_scale);
   if (error == cudaSuccess) {
     error = launch(
-        grad_q_kernel<T>, shape.batch * ceil_div(shape.queries, q_tile.tile), q_tile, stream, grad_out, q, k, v,
-        lse, static_cast<const acc_t*>(delta_workspace), grad_q, shape, q_tile.tile, acc_scale);
+        grad_kv_kernel<T>, info, shape.batch * ceil_div(shape.keys, kv_tile.tile), kv_tile.shared_bytes, stream,
+        grad_out, q, k, v, lse, static_cast<const acc_t*>(delta_workspace), grad_k, grad_v, shape, kv_tile.tile,
+        acc_scale);
   }
-  if (error == cudaSuccess) {
-    error = launch(
-        grad_kv_kernel<T>, shape.batch * ceil_div(shape.keys, kv_tile.tile), kv_tile, stream, grad_out, q, k, v, lse,
-        static_cast<const acc_t*>(delta_workspace), grad_k, grad_v, shape, kv_tile.tile, acc_scale);
-  }
-  return error;
+  return {error};
 }
 
 #define GANOPS_INSTANTIATE_ATTENTION(T)                                                                            \
-  template cudaError_t attention_forward<T>(                                                                       \
+  template AttentionLaunch attention_forward<T>(                                                                   \
       const T*, const T*, const T*, T*, acc_type<T>*, const AttentionShape&, double, cudaStream_t);                \
-  template cudaError_t attention_backward<T>(                                                                      \
+  template AttentionLaunch attention_backward<T>(                                                                  \
       const T*, const T*, const T*, const T*, const T*, const acc_type<T>*, acc_type<T>*, T*, T*,                  \
       T*, const AttentionShape&, double, cudaStream_t);
 

@@ -5,9 +5,9 @@
 // q [B, Nq, Dqk], k [B, Nk, Dqk], v [B, Nk, Dv], out and grad_out [B, Nq, Dv], lse [B, Nq], all
 // contiguous. T is one of double, float, __half, __nv_bfloat16 (explicitly instantiated in the .cu);
 // arithmetic and lse are in acc_type<T> (double for double, float otherwise). The launchers
-// return the launch error (cudaGetLastError), not errors of the asynchronous execution;
-// cudaErrorInvalidValue means that the head dims need more shared memory than the GPU has per block
-// (head dims up to 256 fit on sm_80 and later).
+// return the launch error (cudaGetLastError, or the error of a runtime call made to prepare the launch), not
+// errors of the asynchronous execution, and say separately when no kernel fits the head dims in the GPU's
+// shared memory per block (head dims up to 256 fit on sm_80 and later); then nothing was launched.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,16 +23,21 @@ struct AttentionShape {
   int64_t batch, queries, keys, qk_dim, v_dim;
 };
 
+struct AttentionLaunch {
+  cudaError_t error = cudaSuccess;
+  bool head_dims_fit = true;
+};
+
 // out = softmax(scale * q k^T) v and lse = logsumexp(scale * q k^T) over the keys.
 template <typename T>
-cudaError_t attention_forward(
+AttentionLaunch attention_forward(
     const T* q, const T* k, const T* v, T* out, acc_type<T>* lse, const AttentionShape& shape, double scale,
     cudaStream_t stream);
 
 // grad_q, grad_k, grad_v from grad_out and the forward's out and lse. delta_workspace holds B * Nq
 // elements: Delta = rowsum(grad_out * out), passed from the first kernel to the other two.
 template <typename T>
-cudaError_t attention_backward(
+AttentionLaunch attention_backward(
     const T* grad_out, const T* q, const T* k, const T* v, const T* out, const acc_type<T>* lse,
     acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
     cudaStream_t stream);

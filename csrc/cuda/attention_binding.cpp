@@ -19,12 +19,13 @@ cuda_kernels::AttentionShape shape_of(const AttentionSizes& n) {
   return {n.batch, n.queries, n.keys, n.qk_dim, n.v_dim};
 }
 
-// The attention launchers report head dims too large for the GPU's shared memory as cudaErrorInvalidValue.
-void check_attention_launch(cudaError_t error, const char* op, const AttentionSizes& n) {
+// Head dims that no kernel fits in the GPU's shared memory are reported as such; any CUDA error (of the launch or
+// of a runtime call preparing it) is reported as that error.
+void check_attention_launch(const cuda_kernels::AttentionLaunch& launch, const char* op, const AttentionSizes& n) {
   TORCH_CHECK(
-      error != cudaErrorInvalidValue, op, ": the head dims Dqk = ", n.qk_dim, " and Dv = ", n.v_dim,
+      launch.head_dims_fit, op, ": the head dims Dqk = ", n.qk_dim, " and Dv = ", n.v_dim,
       " need more shared memory per block than this GPU has (head dims up to 256 are supported)");
-  check_launch(error, op);
+  check_launch(launch.error, op);
 }
 
 constexpr const char* kForwardOp = "ganops::attention_cpp";

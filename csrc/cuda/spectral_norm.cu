@@ -1,12 +1,29 @@
 // CUDA kernels of the spectral-norm ops; math and notation of ganops/reference/spectral_norm.py.
 //
-// One thread block per layer. W v: one warp per row (lanes stride the columns, a shuffle reduction sums
-// them); W^T u: one thread per column walking every row, so a warp reads 32 consecutive columns of a row
-// (coalesced for row-major weights). sigma = s . v with s the last W^T u (one pass saved). Norms and dot
-// products are block reductions in a fixed order, so results are deterministic.
+// A group of layers runs as one work list over all its layers, so that every SM streams weights whatever the
+// sizes of the layers: a persistent grid (two blocks per SM) walks the list in order, block b taking items
+// b, b + gridDim.x, ... Two kinds of items cover a layer:
+// * row items: R consecutive rows, R the power of two <= 16 with about kItemElements elements (at least one
+//   row); the block's 16 warps split each row into 16 / R interleaved 32-column segments, so a warp reads 32
+//   consecutive elements of a row-major weight per step. Used by W x, by W_sn = W / sigma and the backward.
+// * column items: kColumnsPerItem consecutive columns over all rows (W^T y), each warp taking every 16th row
+//   and its lanes two 32-column halves, summed across warps in shared memory.
+// Each product writes finished rows (or columns) of its result, so no item needs another's partial sums;
+// the normalisations are folded into the next pass, which recomputes the norm of its input vector per layer
+// (a block reduction over rows or cols of the layer, read from L2; a block recomputes it only when it
+// enters a new layer). Launches per forward: 2 per power iteration (W x, W^T y) + 1 (sigma, u, v, W_sn);
+// per backward: 2 (<G, W> per block and layer; then grad_W), the first leaving one partial per block and
+// layer in a workspace of gridDim.x * layers accumulators that the second sums in a fixed order.
+//
+// Sums run in a fixed order (fixed grid per device), so results are deterministic on a given GPU.
+// torch's order and semantics: u = normalize(W v) first, then v = normalize(W^T u), normalize(x) =
+// x / max(||x||, eps), sigma = u^T W v = ||W^T u||^2 / max(||W^T u||, eps); n_power_iterations = 0 computes
+// sigma = u^T W v with the given vectors and returns them unchanged.
 #include "spectral_norm.h"
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "device_utils.cuh"
 
@@ -17,108 +34,337 @@ namespace {
 // Every block of this file has exactly this many threads, as block_sum<kThreads> requires.
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
+constexpr int kBlocksPerSm = 2;
+// About this many weight elements per row item: a block keeps ~4 loads per thread in flight for a few
+// microseconds, and a BigGAN-128 D group gets ~1000 items, several per block.
+constexpr int64_t kItemElements = 32768;
+constexpr int kColumnsPerItem = 64;
 
-// work_u[r] = (W x)[r] for x = work_v; returns sum over rows of work_u[r] * weight_of_row(r) (by the block).
-template <typename T, typename RowWeight>
-__device__ acc_type<T> matvec_rows(const SpectralNormForwardLayer<T>& layer, const RowWeight& weight_of_row) {
-  using acc_t = acc_type<T>;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  acc_t partial(0);
-  for (int64_t r = warp; r < layer.rows; r += kWarps) {
-    const T* row = layer.weight + r * layer.row_stride;
-    acc_t acc(0);
-    for (int64_t c = lane; c < layer.cols; c += 32) {
-      acc += to_acc(row[c * layer.col_stride]) * layer.work_v[c];
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      layer.work_u[r] = acc;
-      partial += acc * weight_of_row(r, acc);
-    }
+__device__ int rows_per_item(int64_t cols) {
+  int rows = kWarps;
+  while (rows > 1 && rows * cols > kItemElements) {
+    rows >>= 1;
   }
-  return block_sum<kThreads>(partial);
+  return rows;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) forward_kernel(
-    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t n_power_iterations, acc_type<T> eps) {
-  using acc_t = acc_type<T>;
-  const SpectralNormForwardLayer<T> layer = layers[blockIdx.x];
-  for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
-    layer.work_u[r] = to_acc(layer.u[r]);
-  }
-  for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
-    layer.work_v[c] = to_acc(layer.v[c]);
-  }
-  __syncthreads();
-  acc_t sigma(0);
-  if (n_power_iterations == 0) {
-    // sigma = u . (W v); W v overwrites work_u only after u[r] has been read, by the same thread.
-    sigma = matvec_rows(layer, [&](int64_t r, acc_t) { return to_acc(layer.u[r]); });
-    __syncthreads();
-    for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
-      layer.work_u[r] = to_acc(layer.u[r]);
-    }
-  }
-  for (int64_t it = 0; it < n_power_iterations; ++it) {
-    const acc_t t_squared = matvec_rows(layer, [](int64_t, acc_t t) { return t; });
-    const acc_t u_norm = max(sqrt(t_squared), eps);
-    for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
-      layer.work_u[r] /= u_norm;
-    }
-    __syncthreads();
-    acc_t partial(0);
-    for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
-      acc_t acc(0);
-      for (int64_t r = 0; r < layer.rows; ++r) {
-        acc += to_acc(layer.weight[r * layer.row_stride + c * layer.col_stride]) * layer.work_u[r];
+enum class Items { kRows, kColumns };
+
+template <Items kKind, typename Layer>
+__device__ int64_t item_count(const Layer& layer) {
+  return kKind == Items::kRows ? ceil_div(layer.rows, rows_per_item(layer.cols))
+                               : ceil_div(layer.cols, kColumnsPerItem);
+}
+
+// Calls body(layer, layer_index, item_in_layer) for this block's items of the work list (the items of layer 0,
+// then of layer 1, ...). Uniform across the block: bodies may synchronise.
+template <Items kKind, typename Layer, typename Body>
+__device__ void for_each_item(const Layer* __restrict__ layers, int64_t num_layers, const Body& body) {
+  int64_t layer_index = 0, layer_first = 0;
+  Layer layer = layers[0];
+  int64_t count = item_count<kKind>(layer);
+  for (int64_t item = blockIdx.x;; item += gridDim.x) {
+    while (item >= layer_first + count) {
+      layer_first += count;
+      if (++layer_index == num_layers) {
+        return;
       }
-      layer.work_v[c] = acc;
-      partial += acc * acc;
+      layer = layers[layer_index];
+      count = item_count<kKind>(layer);
     }
-    const acc_t s_squared = block_sum<kThreads>(partial);
-    const acc_t v_norm = max(sqrt(s_squared), eps);
-    sigma = s_squared / v_norm;
-    for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
-      layer.work_v[c] /= v_norm;
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    *layer.sigma = sigma;
-  }
-  for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
-    layer.u_out[r] = from_acc<T>(layer.work_u[r]);
-  }
-  for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
-    layer.v_out[c] = from_acc<T>(layer.work_v[c]);
-  }
-  const int64_t elements = layer.rows * layer.cols;
-  for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
-    const int64_t r = e / layer.cols, c = e % layer.cols;
-    layer.weight_sn[e] = from_acc<T>(to_acc(layer.weight[r * layer.row_stride + c * layer.col_stride]) / sigma);
+    body(layer, layer_index, item - layer_first);
   }
 }
 
+// sum over i = first, first + stride, ... < count of term(i), with four independent accumulators so that four
+// loads are in flight per thread, added in a fixed order.
+template <typename acc_t, typename Term>
+__device__ __forceinline__ acc_t strided_sum(int64_t first, int64_t count, int64_t stride, const Term& term) {
+  acc_t sums[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  int64_t i = first;
+  for (; i + 3 * stride < count; i += 4 * stride) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      sums[j] += term(i + j * stride);
+    }
+  }
+  for (int j = 0; i < count; i += stride, ++j) {
+    sums[j] += term(i);
+  }
+  return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+}
+
+// ||x||^2 over x[0, count) by the whole block.
+template <typename acc_t, typename Element>
+__device__ acc_t block_squared_norm(int64_t count, const Element& element) {
+  return block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, count, kThreads, [&](int64_t i) {
+    const acc_t x = element(i);
+    return x * x;
+  }));
+}
+
+template <typename acc_t>
+__device__ acc_t clamped_norm(acc_t squared, acc_t eps) {
+  return max(sqrt(squared), eps);
+}
+
+// The row item `index` of `layer`: the warp's row (or -1) and its segment of the row.
+struct RowSlice {
+  int64_t row;
+  int rows, segment, segments;
+};
+
+template <typename Layer>
+__device__ RowSlice row_slice(const Layer& layer, int64_t index) {
+  const int rows = rows_per_item(layer.cols), segments = kWarps / rows, warp = threadIdx.x / 32;
+  const int64_t row = index * rows + warp / segments;
+  return {row < layer.rows ? row : -1, rows, warp % segments, segments};
+}
+
+// sum over the columns of the warp's segment of its row of term(c); lanes stride the segment.
+template <typename acc_t, typename Layer, typename Term>
+__device__ acc_t row_segment_sum(const Layer& layer, const RowSlice& slice, const Term& term) {
+  if (slice.row < 0) {
+    return acc_t(0);
+  }
+  const int lane = threadIdx.x % 32;
+  return strided_sum<acc_t>(slice.segment * 32 + lane, layer.cols, int64_t(slice.segments) * 32, term);
+}
+
+// W x for the rows of one row item, x = v (first iteration) or work_v / max(||work_v||, eps).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const SpectralNormBackwardLayer<T>* __restrict__ layers) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) rows_kernel(
+    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t num_layers, bool first_iteration,
+    acc_type<T> eps) {
   using acc_t = acc_type<T>;
-  const SpectralNormBackwardLayer<T> layer = layers[blockIdx.x];
-  const int64_t elements = layer.rows * layer.cols;
-  acc_t partial(0);
-  for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
-    const int64_t r = e / layer.cols, c = e % layer.cols;
-    partial += to_acc(layer.grad[r * layer.grad_row_stride + c * layer.grad_col_stride]) *
-               to_acc(layer.weight[r * layer.row_stride + c * layer.col_stride]);
+  __shared__ acc_t segment_sums[kWarps];
+  int64_t scaled_layer = -1;
+  acc_t x_scale(1);
+  for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer, int64_t layer_index,
+                                                     int64_t index) {
+    if (!first_iteration && layer_index != scaled_layer) {
+      x_scale = acc_t(1) / clamped_norm(block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; }), eps);
+      scaled_layer = layer_index;
+    }
+    const RowSlice slice = row_slice(layer, index);
+    const T* row = layer.weight + slice.row * layer.row_stride;
+    acc_t sum = row_segment_sum<acc_t>(layer, slice, [&](int64_t c) {
+      const acc_t x = first_iteration ? to_acc(layer.v[c]) : layer.work_v[c];
+      return to_acc(row[c * layer.col_stride]) * x;
+    });
+    sum = warp_sum(sum);
+    // The previous item's readers of segment_sums are done.
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) {
+      segment_sums[threadIdx.x / 32] = sum;
+    }
+    __syncthreads();
+    if (threadIdx.x < slice.rows) {
+      const int64_t r = index * slice.rows + threadIdx.x;
+      if (r < layer.rows) {
+        acc_t t(0);
+        for (int s = 0; s < slice.segments; ++s) {
+          t += segment_sums[threadIdx.x * slice.segments + s];
+        }
+        layer.work_u[r] = t * x_scale;
+      }
+    }
+  });
+}
+
+// W^T y for the columns of one column item, y = work_u / max(||work_u||, eps).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) columns_kernel(
+    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t num_layers, acc_type<T> eps) {
+  using acc_t = acc_type<T>;
+  __shared__ acc_t warp_sums[kWarps][kColumnsPerItem];
+  int64_t scaled_layer = -1;
+  acc_t y_scale(1);
+  for_each_item<Items::kColumns>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer,
+                                                        int64_t layer_index, int64_t index) {
+    if (layer_index != scaled_layer) {
+      y_scale = acc_t(1) / clamped_norm(block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; }), eps);
+      scaled_layer = layer_index;
+    }
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t col0 = index * kColumnsPerItem + lane, col1 = col0 + 32;
+    const T* w0 = layer.weight + col0 * layer.col_stride;
+    const T* w1 = layer.weight + col1 * layer.col_stride;
+    const bool has0 = col0 < layer.cols, has1 = col1 < layer.cols;
+    acc_t sum0(0), sum1(0);
+    if (has1) {
+      // Two rows a step: four loads in flight per thread.
+      int64_t r = warp;
+      acc_t odd0(0), odd1(0);
+      for (; r + kWarps < layer.rows; r += 2 * kWarps) {
+        const acc_t y = layer.work_u[r], y_next = layer.work_u[r + kWarps];
+        sum0 += to_acc(w0[r * layer.row_stride]) * y;
+        sum1 += to_acc(w1[r * layer.row_stride]) * y;
+        odd0 += to_acc(w0[(r + kWarps) * layer.row_stride]) * y_next;
+        odd1 += to_acc(w1[(r + kWarps) * layer.row_stride]) * y_next;
+      }
+      if (r < layer.rows) {
+        sum0 += to_acc(w0[r * layer.row_stride]) * layer.work_u[r];
+        sum1 += to_acc(w1[r * layer.row_stride]) * layer.work_u[r];
+      }
+      sum0 += odd0;
+      sum1 += odd1;
+    } else if (has0) {
+      sum0 = strided_sum<acc_t>(warp, layer.rows, kWarps, [&](int64_t r) {
+        return to_acc(w0[r * layer.row_stride]) * layer.work_u[r];
+      });
+    }
+    __syncthreads();
+    warp_sums[warp][lane] = sum0;
+    warp_sums[warp][lane + 32] = sum1;
+    __syncthreads();
+    if (threadIdx.x < kColumnsPerItem) {
+      const int64_t c = index * kColumnsPerItem + threadIdx.x;
+      if (c < layer.cols) {
+        acc_t s(0);
+        for (int w = 0; w < kWarps; ++w) {
+          s += warp_sums[w][threadIdx.x];
+        }
+        layer.work_v[c] = s * y_scale;
+      }
+    }
+  });
+}
+
+// sigma, u, v per layer (by the layer's first item) and W_sn = W / sigma for the rows of each row item.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
+    const SpectralNormForwardLayer<T>* __restrict__ layers, int64_t num_layers, int64_t n_power_iterations,
+    acc_type<T> eps) {
+  using acc_t = acc_type<T>;
+  int64_t sigma_layer = -1;
+  acc_t sigma(1), v_norm(1);
+  for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer, int64_t layer_index,
+                                                     int64_t index) {
+    if (layer_index != sigma_layer) {
+      if (n_power_iterations > 0) {
+        const acc_t s_squared = block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
+        v_norm = clamped_norm(s_squared, eps);
+        sigma = s_squared / v_norm;
+      } else {
+        // Eval: sigma = u . (W v) with the given u, v (work_u = W v).
+        sigma = block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, layer.rows, kThreads, [&](int64_t r) {
+          return to_acc(layer.u[r]) * layer.work_u[r];
+        }));
+      }
+      sigma_layer = layer_index;
+    }
+    if (index == 0) {
+      if (n_power_iterations > 0) {
+        const acc_t u_norm = clamped_norm(block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; }), eps);
+        for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
+          layer.u_out[r] = from_acc<T>(layer.work_u[r] / u_norm);
+        }
+        for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
+          layer.v_out[c] = from_acc<T>(layer.work_v[c] / v_norm);
+        }
+      } else {
+        for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
+          layer.u_out[r] = layer.u[r];
+        }
+        for (int64_t c = threadIdx.x; c < layer.cols; c += kThreads) {
+          layer.v_out[c] = layer.v[c];
+        }
+      }
+      if (threadIdx.x == 0) {
+        *layer.sigma = sigma;
+      }
+    }
+    const RowSlice slice = row_slice(layer, index);
+    if (slice.row >= 0) {
+      const T* row = layer.weight + slice.row * layer.row_stride;
+      T* out = layer.weight_sn + slice.row * layer.cols;
+      const int64_t stride = int64_t(slice.segments) * 32;
+      for (int64_t c = slice.segment * 32 + threadIdx.x % 32; c < layer.cols; c += stride) {
+        out[c] = from_acc<T>(to_acc(row[c * layer.col_stride]) / sigma);
+      }
+    }
+  });
+}
+
+// partials[block * num_layers + layer] = this block's part of <G, W> for every layer (0 where it has no item).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) projection_kernel(
+    const SpectralNormBackwardLayer<T>* __restrict__ layers, int64_t num_layers, acc_type<T>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
+  acc_t* own = partials + blockIdx.x * num_layers;
+  for (int64_t l = threadIdx.x; l < num_layers; l += kThreads) {
+    own[l] = acc_t(0);
   }
-  const acc_t sigma = *layer.sigma;
-  // <G, W_sn> = <G, W> / sigma.
-  const acc_t projection = block_sum<kThreads>(partial) / sigma;
-  for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
-    const int64_t r = e / layer.cols, c = e % layer.cols;
-    const acc_t g = to_acc(layer.grad[r * layer.grad_row_stride + c * layer.grad_col_stride]);
-    layer.grad_weight[e] = from_acc<T>((g - projection * to_acc(layer.u[r]) * to_acc(layer.v[c])) / sigma);
+  // Only thread 0 adds to `own` below, after block_sum's barriers have made every thread's zeros visible.
+  for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormBackwardLayer<T>& layer,
+                                                     int64_t layer_index, int64_t index) {
+    const RowSlice slice = row_slice(layer, index);
+    const T* g = layer.grad + slice.row * layer.grad_row_stride;
+    const T* w = layer.weight + slice.row * layer.row_stride;
+    const acc_t part = row_segment_sum<acc_t>(layer, slice, [&](int64_t c) {
+      return to_acc(g[c * layer.grad_col_stride]) * to_acc(w[c * layer.col_stride]);
+    });
+    const acc_t item_sum = block_sum<kThreads>(part);
+    if (threadIdx.x == 0) {
+      own[layer_index] += item_sum;
+    }
+  });
+}
+
+// grad_W = (G - <G, W> / sigma * u v^T) / sigma for the rows of each row item.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) grad_weight_kernel(
+    const SpectralNormBackwardLayer<T>* __restrict__ layers, int64_t num_layers,
+    const acc_type<T>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
+  int64_t projected_layer = -1;
+  acc_t projection(0), sigma(1);
+  for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormBackwardLayer<T>& layer,
+                                                     int64_t layer_index, int64_t index) {
+    if (layer_index != projected_layer) {
+      sigma = *layer.sigma;
+      // <G, W_sn> = <G, W> / sigma, the blocks' parts added in block order.
+      projection = block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, gridDim.x, kThreads, [&](int64_t b) {
+                     return partials[b * num_layers + layer_index];
+                   })) /
+                   sigma;
+      projected_layer = layer_index;
+    }
+    const RowSlice slice = row_slice(layer, index);
+    if (slice.row >= 0) {
+      const T* g = layer.grad + slice.row * layer.grad_row_stride;
+      T* out = layer.grad_weight + slice.row * layer.cols;
+      const acc_t u_scaled = projection * to_acc(layer.u[slice.row]);
+      const int64_t stride = int64_t(slice.segments) * 32;
+      for (int64_t c = slice.segment * 32 + threadIdx.x % 32; c < layer.cols; c += stride) {
+        out[c] = from_acc<T>((to_acc(g[c * layer.grad_col_stride]) - u_scaled * to_acc(layer.v[c])) / sigma);
+      }
+    }
+  });
+}
+
+// Blocks of the persistent grid on the current device: kBlocksPerSm per SM, read once per device.
+cudaError_t grid_blocks(int* blocks) {
+  static std::mutex mutex;
+  static std::map<int, int> known;
+  int device = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error != cudaSuccess) {
+    return error;
   }
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) {
+    *blocks = found->second;
+    return cudaSuccess;
+  }
+  int sms = 0;
+  error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (error == cudaSuccess) {
+    *blocks = known[device] = sms * kBlocksPerSm;
+  }
+  return error;
 }
 
 }  // namespace
@@ -130,8 +376,20 @@ cudaError_t spectral_norm_forward(
   if (num_layers == 0) {
     return cudaSuccess;
   }
-  forward_kernel<T><<<static_cast<unsigned int>(num_layers), kThreads, 0, stream>>>(
-      layers, n_power_iterations, static_cast<acc_type<T>>(eps));
+  int blocks = 0;
+  const cudaError_t error = grid_blocks(&blocks);
+  if (error != cudaSuccess) {
+    return error;
+  }
+  const acc_type<T> acc_eps = static_cast<acc_type<T>>(eps);
+  const int64_t products = n_power_iterations > 0 ? n_power_iterations : 1;
+  for (int64_t it = 0; it < products; ++it) {
+    rows_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, it == 0, acc_eps);
+    if (n_power_iterations > 0) {
+      columns_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, acc_eps);
+    }
+  }
+  finish_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, n_power_iterations, acc_eps);
   return cudaGetLastError();
 }
 
@@ -140,8 +398,23 @@ cudaError_t spectral_norm_backward(const SpectralNormBackwardLayer<T>* layers, i
   if (num_layers == 0) {
     return cudaSuccess;
   }
-  backward_kernel<T><<<static_cast<unsigned int>(num_layers), kThreads, 0, stream>>>(layers);
-  return cudaGetLastError();
+  int blocks = 0;
+  cudaError_t error = grid_blocks(&blocks);
+  if (error != cudaSuccess) {
+    return error;
+  }
+  // The binding passes no workspace for the backward: blocks * layers accumulators, stream-ordered.
+  acc_type<T>* partials = nullptr;
+  error = cudaMallocAsync(
+      reinterpret_cast<void**>(&partials), sizeof(acc_type<T>) * static_cast<size_t>(blocks) * num_layers, stream);
+  if (error != cudaSuccess) {
+    return error;
+  }
+  projection_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, partials);
+  grad_weight_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, partials);
+  error = cudaGetLastError();
+  const cudaError_t freed = cudaFreeAsync(partials, stream);
+  return error != cudaSuccess ? error : freed;
 }
 
 #define GANOPS_INSTANTIATE_SPECTRAL_NORM(T)                                                                  \

@@ -2,9 +2,11 @@
 // stream, so spectral_norm.cu compiles with nvcc alone (scripts/compile_cuda_sources.sh) and the torch
 // glue lives in spectral_norm_binding.cpp. Math: ganops/reference/spectral_norm.py.
 //
-// One launch handles a whole group of layers of one dtype T (double, float, __half, __nv_bfloat16), one
-// thread block per layer; arithmetic in acc_type<T> (double for double, float otherwise). The per-layer
-// descriptors live in device memory (the binding copies them there with one host-to-device copy).
+// One call handles a whole group of layers of one dtype T (double, float, __half, __nv_bfloat16) in a few
+// launches of a grid that fills the GPU, whatever the layers' sizes (work list over all layers: see
+// spectral_norm.cu); arithmetic in acc_type<T> (double for double, float otherwise). The per-layer
+// descriptors live in device memory (the binding copies them there with one host-to-device copy). The
+// backward takes a small workspace (blocks x layers accumulators) from the stream-ordered allocator.
 #pragma once
 
 #include <cuda_runtime.h>
