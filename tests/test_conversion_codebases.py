@@ -317,6 +317,23 @@ def test_sagan_spectral_norm_updates_in_eval_mode_as_the_original():
     assert not converted.module.weight_u.requires_grad
 
 
+def test_sagan_spectral_norm_gradient_after_several_calls_is_the_originals():
+    """SAGAN's autograd reads the vectors of the latest call for every earlier call (its .data swaps); the
+    converted wrapper gives that same gradient, which differs from each call's own vectors."""
+    torch.manual_seed(1)
+    layer = sagan_pytorch.SpectralNorm(nn.Conv2d(3, 5, 3)).double()
+    converted = ganops.convert(copy.deepcopy(layer), backend=BACKEND)
+    own_vectors = copy.deepcopy(layer)
+    inputs = torch.randn(3, 2, 3, 6, 6, dtype=torch.float64)
+    for model in (layer, converted):
+        sum(model(x).square().sum() for x in inputs).backward()
+    grads = [model.module.weight_bar.grad for model in (layer, converted)]
+    assert relative_error(grads[1], grads[0]) < 1e-10
+    for x in inputs:  # a backward per call: each call's own vectors
+        own_vectors(x).square().sum().backward()
+    assert relative_error(own_vectors.module.weight_bar.grad, grads[0]) > 1e-6
+
+
 @pytest.mark.parametrize(("num_svs", "num_itrs", "transpose"), [(2, 2, False), (1, 3, True), (3, 1, False)])
 def test_biggan_sn_layer_settings_are_kept(num_svs, num_itrs, transpose):
     torch.manual_seed(0)
