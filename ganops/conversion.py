@@ -699,10 +699,10 @@ def convert(
       ``{layers.Attention: "biggan_pytorch"}`` (BigGAN-PyTorch), ``{ops.SelfAttention: "studiogan"}``
       (StudioGAN's ``src/utils/ops.py``), ``{Self_Attn: "sagan_pytorch"}`` (SAGAN-PyTorch). Every instance
       (subclasses included) runs :func:`ganops.nn.self_attention_2d`; a layer whose projections are not plain
-      1x1 convolutions raises a ``ValueError`` naming it. The layout fixes the call and return contract of
-      that codebase's class: ``forward(x, y=None)`` for BigGAN-PyTorch, ``forward(x)`` for StudioGAN, and
-      ``forward(x) -> (out, attention)`` for SAGAN-PyTorch (a look-alike class that returns only ``out``
-      is not that layout).
+      1x1 convolutions raises a ``ValueError`` naming it. Calls are bound to the original class's ``forward``
+      signature (BigGAN-PyTorch's ``y`` is accepted and unused, as there); the layout fixes what is
+      returned: a tensor for BigGAN-PyTorch and StudioGAN, ``(out, attention)`` for SAGAN-PyTorch (a
+      look-alike class that returns only ``out`` is not that layout).
     * ``return_attention_maps``: SAGAN-PyTorch's ``Self_Attn`` returns ``(out, attention)``; the map costs
       O(N^2) memory, as in the original. ``False`` returns ``(out, None)`` instead.
     * ``revert=True`` restores the original classes (and turns ganops's spectral-norm parametrizations into
