@@ -25,6 +25,8 @@ from ._common import Launch, run_launches, scalar_tensor, triton_compute_dtype
 
 BLOCK_R = 32
 BLOCK_C = 128
+# Warps per program: a [32, 128] tile is 16 values per thread at 8 warps (32 at 4 warps spilled on sm_80/sm_90).
+NUM_WARPS = 8
 
 # Entries per layer of the int64 tables; the kernels name them as they read them.
 _FORWARD_COLUMNS = 13
@@ -173,16 +175,17 @@ def _backward_kernel(
     r_base = tl.arange(0, BLOCK_R)
     c_base = tl.arange(0, BLOCK_C)
 
-    dot = tl.zeros([BLOCK_R, BLOCK_C], dtype=COMPUTE_DTYPE)
+    # Row sums per tile: a [BLOCK_R, BLOCK_C] accumulator next to the two tiles spilled.
+    dot = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + r_base
         for c0 in range(0, cols, BLOCK_C):
             c = c0 + c_base
             g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
             w_tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            dot += g_tile * w_tile
+            dot += tl.sum(g_tile * w_tile, axis=1)
     # <G, W_sn> = <G, W> / sigma.
-    projection = tl.sum(tl.sum(dot, axis=1), axis=0) / sigma
+    projection = tl.sum(dot, axis=0) / sigma
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + r_base
         uu = tl.load(u + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
@@ -237,7 +240,7 @@ def forward_plan(
         (meta, weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
          scalar_tensor(eps, compute_dtype, device), n_power_iterations),
         dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS),
+             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS),
         bytes_moved=(weight_reads + 1) * elements * weights[0].element_size()
         + vector_elements * (2 * weights[0].element_size() + 2 * (2 * n_power_iterations + 1) * work.element_size()),
         label=f"BR={BLOCK_R} BC={BLOCK_C} iterations={n_power_iterations}",
@@ -279,7 +282,7 @@ def backward_plan(
         _backward_kernel, (len(weights),),
         (meta, grads[0], weights[0], us[0], vs[0], sigmas[0], outs[0]),
         dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             COLUMNS=_BACKWARD_COLUMNS),
+             COLUMNS=_BACKWARD_COLUMNS, num_warps=NUM_WARPS),
         # G twice, W once, grad_W written once.
         bytes_moved=4 * elements * weights[0].element_size(),
         label=f"BR={BLOCK_R} BC={BLOCK_C}",
