@@ -191,19 +191,22 @@ def _backward_key_kernel(
     v = _load_tile(v_ptr, sv_b, sv_n, sv_d, batch, cols, n_k, dv, d_v)
     grad_k = tl.zeros([BLOCK_K, BLOCK_DQK], dtype=ACC)
     grad_v = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC)
+    # Tiles are held transposed, [keys, queries], so that the key block is the M of every dot but dQ's.
     for start in range(0, n_q, BLOCK_Q):
         rows = start + tl.arange(0, BLOCK_Q)
         q = _load_tile(q_ptr, sq_b, sq_n, sq_d, batch, rows, n_q, dqk, d_qk)
         grad_out = _load_tile(do_ptr, sdo_b, sdo_n, sdo_d, batch, rows, n_q, dv, d_v)
         lse = _load_row_stat(lse_ptr, batch, n_q, rows)
         delta = _load_row_stat(delta_ptr, batch, n_q, rows)
-        p = _probabilities(q, k, lse, rows, cols, n_q, n_k, scale, DOT_DTYPE, PRECISION)
-        grad_v += _dot(tl.trans(p), grad_out, DOT_DTYPE, PRECISION)
-        dp = _dot(grad_out, tl.trans(v), DOT_DTYPE, PRECISION)
-        ds = p * (dp - delta[:, None])
-        grad_k += _dot(tl.trans(ds), q, DOT_DTYPE, PRECISION)
+        logits_t = _dot(k, tl.trans(q), DOT_DTYPE, PRECISION) * scale
+        valid = (cols[:, None] < n_k) & (rows[None, :] < n_q)
+        p_t = tl.where(valid, tl.exp(logits_t - lse[None, :]), 0.0)
+        grad_v += _dot(p_t, grad_out, DOT_DTYPE, PRECISION)
+        dp_t = _dot(v, tl.trans(grad_out), DOT_DTYPE, PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        grad_k += _dot(ds_t, q, DOT_DTYPE, PRECISION)
         if ATOMIC_DQ:
-            grad_q = _dot(ds, k, DOT_DTYPE, PRECISION) * scale
+            grad_q = _dot(tl.trans(ds_t), k, DOT_DTYPE, PRECISION) * scale
             _add_tile(dq_ptr, sdq_b, sdq_n, sdq_d, batch, rows, n_q, dqk, d_qk, grad_q)
     _store_tile(dk_ptr, sdk_b, sdk_n, sdk_d, batch, cols, n_k, dqk, d_qk, grad_k * scale)
     _store_tile(dv_ptr, sdv_b, sdv_n, sdv_d, batch, cols, n_k, dv, d_v, grad_v)
@@ -415,31 +418,45 @@ def launch_config(
     kind: str, dtype: torch.dtype, d_qk: int, d_v: int, allow_tf32: bool, device_type: str
 ) -> LaunchConfig:
     """The configuration of kernel ``kind`` (a key of ``KERNELS``) for inputs of ``dtype`` and head dims
-    ``d_qk, d_v``. Chosen from what ptxas reports for sm_90 (see ``python -m ganops check-gpu-code``):
-    no spills for fp16/bf16/tf32, 64-row tiles so that every dot of the half-precision kernels can be a
-    ``wgmma`` (its M is 64 per warpgroup), 8 warps where one warpgroup's registers would not hold the tiles."""
+    ``d_qk, d_v``, chosen from what ptxas reports for sm_90 (``python -m ganops check-gpu-code`` prints it):
+    64-row tiles so that the tensor-core dots can be ``wgmma`` (M = 64 per warpgroup), 8 warps where one
+    warpgroup's registers would not hold the tiles, small tiles for the exact fp32 / fp64 dots."""
     if _forced_blocks is not None:
         return LaunchConfig(*_forced_blocks)
     if device_type == "cpu":  # Triton runs CPU tensors only in its interpreter, where small blocks are fastest
         return LaunchConfig(16, 16)
-    widest = max(triton.next_power_of_2(d_qk), triton.next_power_of_2(d_v))
+    width_qk, width_v = max(16, triton.next_power_of_2(d_qk)), max(16, triton.next_power_of_2(d_v))
+    widest = max(width_qk, width_v)
     tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
     if kind in ("delta", "cast"):
         return LaunchConfig(64 if widest <= 128 else 32, 16, num_warps=4)
     if tensor_cores:
-        return _tensor_core_config(kind, widest)
-    return _cuda_core_config(kind, widest, dtype)
+        # Two pipeline stages of the q/k/v tiles overflow an H100's 227 KiB beyond 640 bytes per row.
+        stages = 2 if dtype.itemsize * (width_qk + width_v) <= 640 else 1
+        return _tensor_core_config(kind, widest, stages)
+    return _cuda_core_config(kind)
 
 
-def _tensor_core_config(kind: str, widest: int) -> LaunchConfig:
-    """fp16 / bf16 / tf32: tiles of 64 rows (one wgmma M per warpgroup)."""
+def _tensor_core_config(kind: str, widest: int, stages: int) -> LaunchConfig:
+    """fp16 / bf16 / tf32. Every dot's M is 64 (one wgmma per warpgroup) except the double backward's key side,
+    where 32 query rows per step keep the registers of its eight tiles from spilling; heads wider than 64 take 8
+    warps."""
     warps = 4 if widest <= 64 else 8
-    return LaunchConfig(64, 64, num_warps=warps, num_stages=2)
+    if kind in ("forward", "backward_key", "backward_query"):
+        return LaunchConfig(64, 64, num_warps=warps, num_stages=stages)
+    if kind == "double_backward_query":
+        return LaunchConfig(64, 32, num_warps=8, num_stages=stages)
+    return LaunchConfig(32, 64, num_warps=8, num_stages=stages)  # double_backward_key
 
 
-def _cuda_core_config(kind: str, widest: int, dtype: torch.dtype) -> LaunchConfig:
-    """Exact fp32 and fp64 dots run on FMA / DMMA units whose operands live in registers: small tiles."""
-    return LaunchConfig(32, 32, num_warps=4, num_stages=2)
+def _cuda_core_config(kind: str) -> LaunchConfig:
+    """Exact fp32 and fp64 dots run on FMA / DMMA units with their operands in registers: small tiles, and the
+    loop's step (query rows on the key side, key rows on the query side) 16 wide."""
+    if kind in ("backward_key", "double_backward_key"):
+        return LaunchConfig(16, 32, num_warps=4, num_stages=2)
+    if kind == "forward":
+        return LaunchConfig(32, 32, num_warps=4, num_stages=2)
+    return LaunchConfig(32, 16, num_warps=4, num_stages=2)
 
 
 def _constants(q: Tensor, v: Tensor, allow_tf32: bool, compute_dtype: torch.dtype) -> dict:
