@@ -223,6 +223,47 @@ def _minibatch_stddev_cases() -> Iterator[Case]:
                 )
 
 
+def _minibatch_discrimination_cases() -> Iterator[Case]:
+    kernels, bench = _kernels("minibatch_discrimination"), _benchmarks("minibatch_discrimination")
+
+    def build_for(n, b, c, dtype, direction, exclude_self=False):
+        def build():
+            m, grad_o = _meta(n, b, c, dtype=dtype), _meta(n, b, dtype=dtype)
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype)
+            if direction == "forward":
+                return kernels.forward_plan(m, exclude_self, **kwargs)[1]
+            if direction == "backward":
+                return kernels.backward_plan(grad_o, m, exclude_self, **kwargs)[1]
+            return kernels.double_backward_plan(m, grad_o, m, exclude_self, **kwargs)[1]
+
+        return build
+
+    # Minimum traffic per direction, in (M-sized, o-sized) passes: forward reads M and writes o; backward reads
+    # grad_o and M and writes grad_M; double backward reads grad_grad_M, grad_o and M and writes grad_grad_o, grad_M.
+    passes = {"forward": (1, 1), "backward": (2, 1), "double backward": (3, 2)}
+    for n in bench.BATCH_SIZES:
+        b, c = bench.NUM_KERNELS, bench.KERNEL_DIM
+        for dtype_name in ("bf16", "fp32", "fp16", "fp64"):
+            dtype = DTYPES[dtype_name]
+            for direction in ("forward", "backward", "double backward"):
+                m_passes, o_passes = passes[direction]
+                yield Case(
+                    "minibatch_discrimination", direction, f"N={n} B={b} C={c}", dtype_name,
+                    build_for(n, b, c, dtype, direction), "bench",
+                    ci=n == bench.BATCH_SIZES[0] and dtype_name in ("bf16", "fp64"),
+                    minimum_bytes=(m_passes * c + o_passes) * n * b * dtype.itemsize,
+                )
+    # The test suite's kernel dimensions up to 33 (BLOCK_C 64: smaller row tiles), exclude_self, N = 1.
+    for n, b, c, exclude_self in ((7, 5, 33, True), (1, 3, 1, False)):
+        for dtype_name in ("bf16", "fp32", "fp64"):
+            for direction in ("forward", "backward", "double backward"):
+                yield Case(
+                    "minibatch_discrimination", direction, f"N={n} B={b} C={c} exclude_self={exclude_self}",
+                    dtype_name, build_for(n, b, c, DTYPES[dtype_name], direction, exclude_self), "test",
+                    ci=n == 7 and dtype_name == "fp32",
+                )
+
+
 def _gradient_penalty_cases() -> Iterator[Case]:
     kernels = _kernels("gradient_penalty")
 
@@ -294,7 +335,11 @@ def _attention_cases() -> Iterator[Case]:
     plan_direction = {"forward": "forward", "backward": "forward+backward", "double backward": "double backward"}
     previous = {"forward": None, "backward": "forward", "double backward": "forward+backward"}
     for name, batch, n_q, n_k, d_qk, d_v in bench.GPU_SHAPES:
-        for dtype_name, tf32 in (("bf16", False), ("fp32", False), ("fp32", True), ("fp16", False), ("fp64", False)):
+        # The benchmark's dtypes at every shape; fp16 and fp64 (same kernels, other dtypes) at the first.
+        variants = [("bf16", False), ("fp32", False), ("fp32", True)]
+        if (name, batch) == bench.GPU_SHAPES[0][:2]:
+            variants += [("fp16", False), ("fp64", False)]
+        for dtype_name, tf32 in variants:
             dtype = DTYPES[dtype_name]
             for direction in ("forward", "backward", "double backward"):
                 # The benchmark counts cumulative directions; the kernels of one direction get the difference.
@@ -319,6 +364,7 @@ def _attention_cases() -> Iterator[Case]:
 CASE_SOURCES = {
     "spectral_norm": _spectral_norm_cases,
     "minibatch_stddev": _minibatch_stddev_cases,
+    "minibatch_discrimination": _minibatch_discrimination_cases,
     "gradient_penalty": _gradient_penalty_cases,
     "attention": _attention_cases,
 }
@@ -647,6 +693,10 @@ def _summarise_plans(plan_rows: list[dict]) -> list[dict]:
                 compute_rate = half_flops / 2
             times[gpu] = max(moved / bandwidth, flops / compute_rate if flops else 0.0)
             times[f"{gpu} minimum"] = max(minimum / bandwidth, rows[0]["case_flops"] / compute_rate if flops else 0.0)
+            # A grid of fewer blocks than SMs can use at most that share of the bandwidth (and of the compute).
+            times[f"{gpu} grid-limited"] = sum(
+                max(r["bytes_moved"] / bandwidth, r["flops"] / compute_rate) / min(1.0, r["blocks"] / SMS) for r in rows
+            )
         summary.append({
             "op": op, "direction": direction, "case": case, "dtype": dtype,
             "launches": [f"{r['kernel']} grid={tuple(r['grid'])} warps={r['num_warps']}"
@@ -759,15 +809,16 @@ def _kernel_table(rows: list[dict]) -> list[str]:
 def _plan_table(summary: list[dict]) -> list[str]:
     lines = [
         "| direction | case | dtype | launches (grid, warps; <1 wave = fewer than 132 blocks) | MB moved | MB minimum "
-        "| H100 us | H100 us at minimum | H200 us |",
-        "|" + "---|" * 9,
+        "| H100 us | H100 us at minimum | H100 us grid-limited | H200 us | H200 us grid-limited |",
+        "|" + "---|" * 11,
     ]
     for row in summary:
         times = row["roofline_us"]
         lines.append(
             f"| {row['direction']} | {row['case']} | {row['dtype']} | {'; '.join(row['launches'])} | "
             f"{row['bytes_moved'] / 1e6:.2f} | {row['minimum_bytes'] / 1e6:.2f} | {times['H100']:.1f} | "
-            f"{times['H100 minimum']:.1f} | {times['H200']:.1f} |"
+            f"{times['H100 minimum']:.1f} | {times['H100 grid-limited']:.1f} | {times['H200']:.1f} | "
+            f"{times['H200 grid-limited']:.1f} |"
         )
     return lines
 
@@ -798,7 +849,11 @@ def report(result: dict) -> str:
         lines += _kernel_table([r for r in rows if r["op"] == op])
         plans = [p for p in result["plans"] if p["op"] == op]
         if plans:
-            lines += ["", "### Launch plan (roofline: max(bytes / bandwidth, flops / peak))", ""]
+            lines += ["", "### Launch plan", "",
+                      "Roofline: max(bytes / bandwidth, flops / peak) summed over the launches; 'at minimum' uses the "
+                      "op's minimum bytes (inputs read once, outputs written once) and useful flops; 'grid-limited' "
+                      "divides each launch's time by min(1, blocks / 132): a grid smaller than the GPU uses at most "
+                      "that share of it. Predictions for a GPU run to check, not measurements.", ""]
             lines += _plan_table(plans)
     return "\n".join(lines) + "\n"
 
