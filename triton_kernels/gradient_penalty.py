@@ -34,27 +34,63 @@ _SPLIT_CHUNK = 32
 
 
 @triton.jit
+def _inverse(x):
+    """``1 / x``, and ``0`` at ``x = 0`` (NaN stays NaN)."""
+    return tl.where(x == 0, 0.0, 1.0 / tl.where(x == 0, 1.0, x))
+
+
+@triton.jit
 def _partial_sums_kernel(
-    g_ptr, g_sn, g_sd, other_ptr, o_sn, o_sd, squared_ptr, dot_ptr, D, span, splits,
+    g_ptr, g_sn, g_sd, other_ptr, o_sn, o_sd, scale_ptr, squared_ptr, dot_ptr, D, span, splits,
     BLOCK_D: tl.constexpr, WITH_DOT: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    """``squared[n, split] = sum g^2`` (and ``dot[n, split] = sum g * other``) over one slice of row ``n``."""
+    """Over one slice of row ``n``: ``scale[n, split] = max |g|`` and ``squared[n, split] = sum (g / scale)^2``
+    (the scaled norm of the reference docstring: no square over- or underflows), and ``dot[n, split] =
+    sum g * other``. A non-finite ``g`` makes ``squared`` NaN (``inf * 0``, ``NaN * x``)."""
     n = (tl.program_id(0) // splits).to(tl.int64)
     split = tl.program_id(0) % splits
     begin = split * span
+    scale = tl.max(tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE), axis=0)
     squares = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
     products = tl.zeros([BLOCK_D], dtype=COMPUTE_DTYPE)
     for start in range(0, span, BLOCK_D):
         d = begin + start + tl.arange(0, BLOCK_D)
         mask = d < D  # span is a multiple of BLOCK_D, so a slice ends at a tile boundary or at D
         g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-        squares += g * g
+        # Rescale the running sums when the tile raises the slice's largest magnitude.
+        new_scale = tl.maximum(scale, tl.max(tl.abs(g), axis=0))
+        inverse = _inverse(new_scale)
+        ratio = scale * inverse
+        scaled = g * inverse
+        squares = squares * (ratio * ratio) + scaled * scaled
+        scale = new_scale
         if WITH_DOT:
             other = tl.load(other_ptr + n * o_sn + d.to(tl.int64) * o_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
             products += g * other
+    tl.store(scale_ptr + n * splits + split, scale)
     tl.store(squared_ptr + n * splits + split, tl.sum(squares, axis=0))
     if WITH_DOT:
         tl.store(dot_ptr + n * splits + split, tl.sum(products, axis=0))
+
+
+@triton.jit
+def _row_norm(scale_ptr, squared_ptr, rows, splits, BLOCK_S: tl.constexpr):
+    """``s_n`` of each of ``rows`` from its ``splits`` scaled partials, rescaled to the row's largest scale before
+    they are added, ``BLOCK_S`` at a time."""
+    offsets = rows.to(tl.int64)[:, None] * splits
+    largest = tl.zeros([rows.shape[0]], dtype=scale_ptr.dtype.element_ty)
+    for start in range(0, splits, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        mask = (s < splits)[None, :]
+        largest = tl.maximum(largest, tl.max(tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0), axis=1))
+    inverse = _inverse(largest)
+    total = tl.zeros([rows.shape[0], BLOCK_S], dtype=squared_ptr.dtype.element_ty)
+    for start in range(0, splits, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        mask = (s < splits)[None, :]
+        ratio = tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0) * inverse[:, None]
+        total += tl.load(squared_ptr + offsets + s[None, :], mask=mask, other=0.0) * (ratio * ratio)
+    return largest * tl.sqrt(tl.sum(total, axis=1))
 
 
 @triton.jit
@@ -75,47 +111,47 @@ def _join(high, low, COMPUTE_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _coefficients(squared, center, two_over_n, ONE_SIDED: tl.constexpr):
-    """``(k_n, m_n)`` of the reference docstring from ``q_n``."""
-    norm = tl.sqrt(squared)
-    inverse = tl.where(norm > 0, 1.0 / tl.where(norm > 0, norm, 1.0), 0.0)
+def _coefficients(norm, center, two_over_n, ONE_SIDED: tl.constexpr):
+    """``(k_n, (2 / N) c / s_n, 1 / s_n)`` of the reference docstring from ``s_n`` (``m_n = (2 / N) c / s_n^3``
+    is applied as ``((2 / N) c / s_n) <u_n, gg_n> u_n``, in range for tiny and huge ``s_n``); NaN for NaN ``s_n``."""
+    inverse = _inverse(norm)
     k = two_over_n * (1.0 - center * inverse)
-    m = two_over_n * center * inverse * inverse * inverse
+    curvature = two_over_n * center * inverse
     if ONE_SIDED:
-        k = tl.where(norm > center, k, 0.0)
-        m = tl.where(norm > center, m, 0.0)
-    return k, m
+        inactive = norm <= center  # false for NaN: a NaN sample stays NaN
+        k = tl.where(inactive, 0.0, k)
+        curvature = tl.where(inactive, 0.0, curvature)
+    return k, curvature, inverse
 
 
 @triton.jit
 def _penalty_value_kernel(
-    squared_ptr, out_ptr, N, splits, center_high, center_low,
+    scale_ptr, squared_ptr, out_ptr, N, splits, center_high, center_low,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     center = _join(center_high, center_low, COMPUTE_DTYPE)
     total = tl.zeros([BLOCK_N], dtype=COMPUTE_DTYPE)
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
-        squared = _row_total(squared_ptr, tl.where(rows < N, rows, 0), splits, BLOCK_S)
-        distance = tl.sqrt(squared) - center
+        norm = _row_norm(scale_ptr, squared_ptr, tl.where(rows < N, rows, 0), splits, BLOCK_S)
+        distance = norm - center
         if ONE_SIDED:
-            distance = tl.maximum(distance, 0.0)
-        # centre 0: q itself, not the square of its square root (h(s) = s^2 exactly).
-        per_sample = tl.where(center == 0, squared, distance * distance)
+            distance = tl.where(distance < 0.0, 0.0, distance)  # NaN stays NaN
+        per_sample = distance * distance
         total += tl.where(rows < N, per_sample, 0.0)
     tl.store(out_ptr, (tl.sum(total, axis=0) / N).to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
 def _backward_kernel(
-    grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, squared_ptr, D, splits,
+    grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, scale_ptr, squared_ptr, D, splits,
     center_high, center_low, two_over_n_high, two_over_n_low,
     tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     n = (tl.program_id(0) // tiles).to(tl.int64)
-    squared = tl.sum(_row_total(squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
-    k, _ = _coefficients(
-        squared, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
+    norm = tl.sum(_row_norm(scale_ptr, squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
+    k, _, _ = _coefficients(
+        norm, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
         ONE_SIDED,
     )
     scale = tl.load(grad_out_ptr).to(COMPUTE_DTYPE) * k
@@ -127,16 +163,16 @@ def _backward_kernel(
 
 @triton.jit
 def _double_backward_kernel(
-    grad_out_ptr, g_ptr, g_sn, g_sd, gg_ptr, gg_sn, gg_sd, out_ptr, out_sn, out_sd, squared_ptr, dot_ptr,
+    grad_out_ptr, g_ptr, g_sn, g_sd, gg_ptr, gg_sn, gg_sd, out_ptr, out_sn, out_sd, scale_ptr, squared_ptr, dot_ptr,
     D, splits, center_high, center_low, two_over_n_high, two_over_n_low,
     tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     n = (tl.program_id(0) // tiles).to(tl.int64)
     row = n + tl.zeros([1], dtype=tl.int64)
-    squared = tl.sum(_row_total(squared_ptr, row, splits, BLOCK_S), axis=0)
+    norm = tl.sum(_row_norm(scale_ptr, squared_ptr, row, splits, BLOCK_S), axis=0)
     dot = tl.sum(_row_total(dot_ptr, row, splits, BLOCK_S), axis=0)
-    k, m = _coefficients(
-        squared, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
+    k, curvature, inverse = _coefficients(
+        norm, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
         ONE_SIDED,
     )
     go = tl.load(grad_out_ptr).to(COMPUTE_DTYPE)
@@ -145,13 +181,14 @@ def _double_backward_kernel(
     offsets = d.to(tl.int64)
     g = tl.load(g_ptr + n * g_sn + offsets * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     gg = tl.load(gg_ptr + n * gg_sn + offsets * gg_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-    grad_g = go * (k * gg + (m * dot) * g)
+    along_unit = curvature * (dot * inverse)
+    grad_g = go * (k * gg + along_unit * (g * inverse))
     tl.store(out_ptr + n * out_sn + offsets * out_sd, grad_g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _grad_of_grad_out_kernel(
-    squared_ptr, dot_ptr, out_ptr, N, splits, center_high, center_low, two_over_n_high, two_over_n_low,
+    scale_ptr, squared_ptr, dot_ptr, out_ptr, N, splits, center_high, center_low, two_over_n_high, two_over_n_low,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     """``sum_n k_n d_n``."""
@@ -161,7 +198,9 @@ def _grad_of_grad_out_kernel(
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         safe_rows = tl.where(rows < N, rows, 0)
-        k, _ = _coefficients(_row_total(squared_ptr, safe_rows, splits, BLOCK_S), center, two_over_n, ONE_SIDED)
+        k, _, _ = _coefficients(
+            _row_norm(scale_ptr, squared_ptr, safe_rows, splits, BLOCK_S), center, two_over_n, ONE_SIDED
+        )
         dot = _row_total(dot_ptr, safe_rows, splits, BLOCK_S)
         total += tl.where(rows < N, k * dot, 0.0)
     tl.store(out_ptr, tl.sum(total, axis=0).to(out_ptr.dtype.element_ty))
@@ -206,25 +245,27 @@ def _block_s(splits: int) -> int:
 
 def _partial_sums_plan(
     g_rows: Tensor, other_rows: Tensor | None, compute_dtype: torch.dtype
-) -> tuple[Tensor, Tensor | None, int, Launch]:
-    """Per-row partial sums of ``g^2`` (and ``g * other``), shape ``[N * splits]`` in the compute dtype."""
+) -> tuple[Tensor, Tensor, Tensor | None, int, Launch]:
+    """Per-row partial scales and scaled sums of ``g^2`` (and sums of ``g * other``), each ``[N * splits]`` in the
+    compute dtype."""
     n, d = g_rows.shape
     splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, n), triton.cdiv(d, _BLOCK_D)))
     span = triton.cdiv(triton.cdiv(d, splits), _BLOCK_D) * _BLOCK_D
     splits = triton.cdiv(d, span)
-    squared = torch.empty(n * splits, dtype=compute_dtype, device=g_rows.device)
+    scale = torch.empty(n * splits, dtype=compute_dtype, device=g_rows.device)
+    squared = torch.empty_like(scale)
     dot = torch.empty_like(squared) if other_rows is not None else None
     other = other_rows if other_rows is not None else g_rows
     inputs = 1 if other_rows is None else 2
     launch = Launch(
         _partial_sums_kernel, check_grid((n * splits,)),
-        (g_rows, *g_rows.stride(), other, *other.stride(), squared, dot if dot is not None else squared,
+        (g_rows, *g_rows.stride(), other, *other.stride(), scale, squared, dot if dot is not None else squared,
          d, span, splits),
         dict(BLOCK_D=_BLOCK_D, WITH_DOT=other_rows is not None, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
-        bytes_moved=inputs * g_rows.numel() * g_rows.element_size() + inputs * squared.numel() * squared.element_size(),
+        bytes_moved=inputs * g_rows.numel() * g_rows.element_size() + (inputs + 1) * squared.numel() * squared.element_size(),
         label=f"BD={_BLOCK_D} splits={splits}",
     )
-    return squared, dot, splits, launch
+    return scale, squared, dot, splits, launch
 
 
 def forward_plan(
@@ -232,14 +273,14 @@ def forward_plan(
 ) -> tuple[Tensor, list[Launch]]:
     """The output of ``forward`` and its launches (partial sums, then one program for the batch mean)."""
     rows = _sample_rows(grad, memory_format == torch.channels_last)
-    squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
+    scale, squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     out = torch.empty((), dtype=grad.dtype, device=grad.device)
     value = Launch(
         _penalty_value_kernel, (1,),
-        (squared, out, rows.shape[0], splits, *_halves(center)),
+        (scale, squared, out, rows.shape[0], splits, *_halves(center)),
         dict(BLOCK_N=_BLOCK_N, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
              COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
-        bytes_moved=squared.numel() * squared.element_size(),
+        bytes_moved=2 * squared.numel() * squared.element_size(),
         label=f"BN={_BLOCK_N} BS={_block_s(splits)}",
     )
     return out, [partial_sums, value]
@@ -262,19 +303,19 @@ def backward_plan(
     rows = _sample_rows(grad, channels_last)
     out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
-    squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
+    scale, squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     n, d = rows.shape
     tiles = triton.cdiv(d, _BLOCK_D)
-    scale = Launch(
+    scaled_gradient = Launch(
         _backward_kernel, check_grid((n * tiles,)),
-        (grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), squared, d, splits,
+        (grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), scale, squared, d, splits,
          *_halves(center), *_halves(2.0 / n), tiles),
         dict(BLOCK_D=_BLOCK_D, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
              COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
-        bytes_moved=2 * rows.numel() * rows.element_size() + n * tiles * splits * squared.element_size(),
+        bytes_moved=2 * rows.numel() * rows.element_size() + 2 * n * tiles * splits * squared.element_size(),
         label=f"BD={_BLOCK_D} BS={_block_s(splits)}",
     )
-    return out, [partial_sums, scale]
+    return out, [partial_sums, scaled_gradient]
 
 
 def backward(
@@ -297,24 +338,24 @@ def double_backward_plan(
     gg_rows = _sample_rows(grad_grad_grad, channels_last)
     out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
-    squared, dot, splits, partial_sums = _partial_sums_plan(rows, gg_rows, compute_dtype)
+    scale, squared, dot, splits, partial_sums = _partial_sums_plan(rows, gg_rows, compute_dtype)
     n, d = rows.shape
     tiles = triton.cdiv(d, _BLOCK_D)
     meta = dict(BLOCK_S=_block_s(splits), ONE_SIDED=one_sided, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype))
     grad_of_grad = Launch(
         _double_backward_kernel, check_grid((n * tiles,)),
-        (grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), squared, dot,
+        (grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), scale, squared, dot,
          d, splits, *_halves(center), *_halves(2.0 / n), tiles),
         dict(BLOCK_D=_BLOCK_D, **meta),
-        bytes_moved=3 * rows.numel() * rows.element_size() + 2 * n * tiles * splits * squared.element_size(),
+        bytes_moved=3 * rows.numel() * rows.element_size() + 3 * n * tiles * splits * squared.element_size(),
         label=f"BD={_BLOCK_D} BS={meta['BLOCK_S']}",
     )
     grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
     grad_of_grad_out = Launch(
         _grad_of_grad_out_kernel, (1,),
-        (squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n)),
+        (scale, squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n)),
         dict(BLOCK_N=_BLOCK_N, **meta),
-        bytes_moved=2 * squared.numel() * squared.element_size(),
+        bytes_moved=3 * squared.numel() * squared.element_size(),
         label=f"BN={_BLOCK_N} BS={meta['BLOCK_S']}",
     )
     return (grad_grad_out, out), [partial_sums, grad_of_grad, grad_of_grad_out]
