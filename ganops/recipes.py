@@ -62,7 +62,11 @@ class Recipe:
     name: ClassVar[str]
     paper: ClassVar[str]
     ops: ClassVar[str]
+    # python -m ganops demo --recipe NAME: a run of about a CPU minute, with learning rates raised above the
+    # papers' (which need thousands of steps) where that made the short run learn.
     demo_steps: ClassVar[int] = 600
+    demo_width: ClassVar[int] = 16
+    demo_options: ClassVar[dict] = {}
     DEFAULTS: ClassVar[dict] = {}
 
     def __init__(self, config: RecipeConfig | None = None) -> None:
@@ -169,7 +173,9 @@ class GAN(Recipe):
     paper = "Goodfellow et al. 2014, Generative Adversarial Nets"
     ops = "losses.minimax / non_saturating"
     DEFAULTS = {"generator_loss": "non-saturating", "hidden": 256, "lr": 2e-4}
+    demo_steps = 2000
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         pixels, hidden = 3 * self.config.image_size**2, self.options["hidden"]
         self.generator = nn.Sequential(
@@ -213,6 +219,7 @@ class DCGAN(Recipe):
     ops = "models.DCGAN*, losses.non_saturating"
     DEFAULTS = {"loss": "non-saturating", "lr": 2e-4, "betas": (0.5, 0.999)}
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair()
 
@@ -257,6 +264,7 @@ class RGAN(DCGAN):
     paper = "Jolicoeur-Martineau 2019, The relativistic discriminator"
     ops = "losses.relativistic_average"
     DEFAULTS = {**DCGAN.DEFAULTS, "loss": "relativistic-average"}
+    demo_steps = 400
 
 
 class WGAN(Recipe):
@@ -267,7 +275,9 @@ class WGAN(Recipe):
     paper = "Arjovsky et al. 2017, Wasserstein GAN"
     ops = "clip_weights_, losses.wasserstein"
     DEFAULTS = {"n_critic": 5, "clip_value": 0.01, "lr": 5e-5}
+    demo_steps = 200
 
+    demo_options = {"lr": 5e-4}
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair(normalization="batch")
 
@@ -303,7 +313,9 @@ class WGANGP(Recipe):
     paper = "Gulrajani et al. 2017, Improved Training of Wasserstein GANs"
     ops = "gradient_penalty (fused, double backward), losses.wasserstein"
     DEFAULTS = {"n_critic": 5, "penalty_weight": 10.0, "lr": 1e-4}
+    demo_steps = 150
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair(normalization="none")
 
@@ -342,8 +354,10 @@ class SAGAN(Recipe):
     paper = "Zhang et al. 2019, Self-Attention GANs; Heusel et al. 2017 (TTUR)"
     ops = "attention, spectral_norm (fused), losses.hinge"
     DEFAULTS = {"lr_g": 1e-4, "lr_d": 4e-4}
-    demo_steps = 400
+    demo_steps = 150
+    demo_width = 8
 
+    demo_options = {"lr_g": 5e-4, "lr_d": 2e-3}
     def build(self) -> None:
         config = self.config
         self.generator, self.discriminator = models.build(
@@ -440,7 +454,9 @@ class ImprovedGAN(Recipe):
     DEFAULTS = {
         "lr": 2e-4, "real_label": 0.9, "historical_weight": 1e-3, "reference_size": 16, "num_kernels": 16, "kernel_dim": 4,
     }
+    demo_steps = 400
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         config, options = self.config, self.options
         generator, _ = self.dcgan_pair()
@@ -560,18 +576,23 @@ class ProGAN(Recipe):
     """Karras et al. 2018's building blocks on the last growth stage, from ``S/2`` to ``S``: pixel norm in G,
     equalised learning rate everywhere, minibatch stddev in D, the fade-in of the new resolution (``alpha``
     from 0 to 1 over the middle third of training, real images blended the same way), WGAN-GP with the drift
-    term ``0.001 E D(x)^2``, Adam (1e-3, betas 0 / 0.99), and G_ema (decay 0.999) for sampling."""
+    term ``0.001 E D(x)^2``, Adam (1e-3, betas 0 / 0.99), and G_ema (decay 0.999) for sampling; G_ema copies G
+    until ``ema_start`` of the planned steps (BigGAN's start step; short runs would otherwise sample near the
+    initial weights)."""
 
     name = "progan"
     paper = "Karras et al. 2018, Progressive Growing of GANs"
     ops = "minibatch_stddev, gradient_penalty, PixelNorm, equalized_lr, ExponentialMovingAverage"
-    DEFAULTS = {"lr": 1e-3, "penalty_weight": 10.0, "drift": 1e-3, "ema_decay": 0.999, "group_size": 4}
+    DEFAULTS = {"lr": 1e-3, "penalty_weight": 10.0, "drift": 1e-3, "ema_decay": 0.999, "ema_start": 0.5, "group_size": 4}
+    demo_steps = 200
+    demo_width = 8
 
     def build(self) -> None:
         config = self.config
         self.generator = _ProGANGenerator(config.z_dim, config.image_size, config.width)
         self.discriminator = _ProGANDiscriminator(config.image_size, config.width, self.options["group_size"], self.ops_backend)
-        self.generator_ema = self.utilities.ExponentialMovingAverage(self.generator, self.options["ema_decay"])
+        ema_start = int(self.options["ema_start"] * config.steps)
+        self.generator_ema = self.utilities.ExponentialMovingAverage(self.generator, self.options["ema_decay"], ema_start)
 
     def setup(self) -> None:
         self.optimizer_g = self.adam(self.generator, self.options["lr"], (0.0, 0.99))
@@ -659,7 +680,9 @@ class BEGAN(Recipe):
     paper = "Berthelot et al. 2017, BEGAN: Boundary Equilibrium GANs"
     ops = "losses.began_*, BEGANBalance"
     DEFAULTS = {"lr": 2e-4, "gamma": 0.5, "lambda_k": 1e-3, "hidden": 32}
+    demo_steps = 200
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         config, hidden = self.config, self.options["hidden"]
         self.generator = nn.Sequential(_BEGANDecoder(config.z_dim, config.image_size, config.width), nn.Tanh())
@@ -704,6 +727,7 @@ class InfoGAN(Recipe):
     ops = "losses.info_categorical_loss, info_gaussian_loss"
     DEFAULTS = {"categories": 3, "continuous": 2, "info_weight": 1.0, "continuous_weight": 0.1, "lr_d": 2e-4, "lr_g": 1e-3}
 
+    demo_options = {"lr_d": 1e-3, "lr_g": 2e-3}
     def build(self) -> None:
         options = self.options
         self.code_size = options["categories"] + options["continuous"]
@@ -801,8 +825,10 @@ class CycleGAN(Recipe):
     paper = "Zhu et al. 2017, Unpaired Image-to-Image Translation (CycleGAN)"
     ops = "losses.cycle_consistency, identity, least_squares, ImagePool"
     DEFAULTS = {"lr": 2e-4, "cycle_weight": 10.0, "identity_weight": 5.0, "pool_size": 50}
-    demo_steps = 300
+    demo_steps = 150
+    demo_width = 8
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         width = self.config.width
         self.g_ab, self.g_ba = _cyclegan_generator(width), _cyclegan_generator(width)
@@ -878,7 +904,9 @@ class VAEGAN(Recipe):
     paper = "Larsen et al. 2016, Autoencoding beyond pixels using a learned similarity metric"
     ops = "spectral_norm (fused), losses.vaegan_kl_loss, vaegan_feature_reconstruction_loss"
     DEFAULTS = {"lr": 3e-4, "gamma": 1e-2, "kl_weight": 1.0}
+    demo_steps = 300
 
+    demo_options = {"lr": 1e-3}
     def build(self) -> None:
         config = self.config
         self.encoder = _Encoder(config.z_dim, config.image_size, config.width)
@@ -977,14 +1005,15 @@ class SeqGAN(Recipe):
     maximum likelihood for ``pretrain_steps``, then trained by policy gradient (:func:`ganops.losses.policy_gradient`)
     with per-step rewards ``Q(Y_1:t-1, y_t)`` = D's mean probability of "real" over ``rollouts`` Monte-Carlo
     completions of ``Y_1:t`` (D's output on the sequence itself at ``t = T``), minus the batch mean reward of
-    each step as the baseline. The rollout policy is G itself (the paper uses a delayed copy). D (a GRU
+    each step as the baseline, at a learning rate 10x lower than pre-training's (``adversarial_lr``). The rollout policy is G itself (the paper uses a delayed copy). D (a GRU
     classifier) is trained with the non-saturating loss on real and generated sentences."""
 
     name = "seqgan"
     paper = "Yu et al. 2017, SeqGAN: Sequence GANs with Policy Gradient"
     ops = "losses.policy_gradient"
-    DEFAULTS = {"hidden": 32, "lr": 1e-2, "pretrain_steps": 100, "rollouts": 4}
-    demo_steps = 300
+    DEFAULTS = {"hidden": 32, "lr": 1e-2, "adversarial_lr": 1e-3, "lr_d": 1e-3, "pretrain_steps": 100, "rollouts": 4}
+    demo_steps = 160
+    demo_options = {"rollouts": 2}
 
     def build(self) -> None:
         vocabulary, hidden = len(data.VOCABULARY), self.options["hidden"]
@@ -993,7 +1022,7 @@ class SeqGAN(Recipe):
 
     def setup(self) -> None:
         self.optimizer_g = self.adam(self.generator, self.options["lr"], (0.9, 0.999))
-        self.optimizer_d = self.adam(self.discriminator, self.options["lr"], (0.9, 0.999))
+        self.optimizer_d = self.adam(self.discriminator, self.options["lr_d"], (0.9, 0.999))
 
     def networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -1023,6 +1052,9 @@ class SeqGAN(Recipe):
             self.update(self.optimizer_g, loss_g)
             fake = self.sequences(real.shape[0])
         else:
+            if self.steps_done == self.options["pretrain_steps"]:
+                for group in self.optimizer_g.param_groups:
+                    group["lr"] = self.options["adversarial_lr"]
             fake = self.sequences(real.shape[0])
             rewards = self.rewards(fake)
             chosen = self.generator.log_probs(fake).gather(2, fake[..., None])[..., 0]
