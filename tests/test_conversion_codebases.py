@@ -231,7 +231,8 @@ def test_checkpoints_load_strictly_both_ways(codebase):
         assert relative_error(codebase.generate(generator, z, y), codebase.generate(fresh_g, z, y)) < 1e-12
 
 
-def test_wgan_gp_through_the_converted_discriminator(codebase):
+@pytest.mark.parametrize("kind", ["wgan-gp", "r1"])
+def test_gradient_penalties_through_the_converted_discriminator(codebase, kind):
     (_, original_d), (_, discriminator) = _twins(codebase)
     _convert((discriminator,), codebase)
     z, y, real = _inputs(codebase, 4)
@@ -239,7 +240,12 @@ def test_wgan_gp_through_the_converted_discriminator(codebase):
     alpha = torch.rand(BATCH, 1, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     penalties = []
     for model in (original_d, discriminator):
-        penalty = _gradient_penalty(codebase, model, real, fake, y, alpha)
+        if kind == "wgan-gp":
+            penalty = _gradient_penalty(codebase, model, real, fake, y, alpha)
+        else:  # R1: the squared gradient norm at the reals
+            reals = real.clone().requires_grad_()
+            (grad,) = torch.autograd.grad(codebase.discriminate(model, reals, y).sum(), reals, create_graph=True)
+            penalty = grad.square().sum(dim=(1, 2, 3)).mean()
         penalty.backward()
         penalties.append(penalty.detach())
     assert relative_error(penalties[1], penalties[0]) < codebase.tolerance
