@@ -9,6 +9,7 @@ from ganops import data, losses, models
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
 from ganops.ops.attention import attention
 from ganops.ops.gradient_penalty import NonFiniteGradientError, gradient_norm_penalty, gradient_penalty
+from ganops.ops.minibatch_discrimination import minibatch_discrimination
 from ganops.ops.minibatch_stddev import minibatch_stddev
 from ganops.conversion import convert
 from ganops.nn.spectral_norm import SpectralNormGroup, remove_spectral_norm, spectral_norm
@@ -32,6 +33,7 @@ __all__ = [
     "gradient_norm_penalty",
     "gradient_penalty",
     "losses",
+    "minibatch_discrimination",
     "minibatch_stddev",
     "models",
     "nn",

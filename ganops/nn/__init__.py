@@ -4,6 +4,7 @@ spectral norm and equalised learning rate functions, as ``torch.nn.utils`` does)
 
 from ganops.nn import utils
 from ganops.nn.attention import SelfAttention2d, self_attention_2d
+from ganops.nn.minibatch_discrimination import MinibatchDiscrimination
 from ganops.nn.minibatch_stddev import MinibatchStdDev
 from ganops.nn.pixel_norm import PixelNorm, pixel_norm
 from ganops.nn.virtual_batch_norm import VirtualBatchNorm2d, WithReferenceBatch
@@ -11,6 +12,7 @@ from ganops.nn.spectral_norm import SpectralNorm, SpectralNormGroup
 from ganops.conversion import convert_state_dict
 
 __all__ = [
+    "MinibatchDiscrimination",
     "MinibatchStdDev",
     "PixelNorm",
     "SelfAttention2d",
