@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ganops import data, losses, models
 from ganops import training_utils
-from ganops.nn import MinibatchStdDev, PixelNorm, VirtualBatchNorm2d, WithReferenceBatch
+from ganops.nn import MinibatchDiscrimination, MinibatchStdDev, PixelNorm, VirtualBatchNorm2d, WithReferenceBatch
 from ganops.nn.utils import equalized_lr
 from ganops.ops.gradient_penalty import gradient_penalty
 from ganops.reference import training_utils as reference_training_utils
@@ -388,41 +388,16 @@ class SAGAN(Recipe):
 # ------------------------------------------------------------------------------------------ improved GAN
 
 
-class _NaiveMinibatchDiscrimination(nn.Module):
-    """Salimans et al.'s minibatch discrimination in plain PyTorch (the N x N x B x C form), standing in until
-    ``ganops.nn.MinibatchDiscrimination`` exists: ``M = f T``, ``o_b(x_i) = sum_j exp(-||M_ib - M_jb||_1)``,
-    concatenated to ``f``."""
-
-    def __init__(self, in_features: int, num_kernels: int, kernel_dim: int) -> None:
-        super().__init__()
-        self.num_kernels, self.kernel_dim = num_kernels, kernel_dim
-        self.T = nn.Parameter(torch.randn(in_features, num_kernels * kernel_dim) * 0.1)
-
-    def forward(self, features: Tensor) -> Tensor:
-        m = (features @ self.T).view(-1, self.num_kernels, self.kernel_dim)
-        distances = (m[:, None] - m[None]).abs().sum(dim=3)
-        return torch.cat([features, torch.exp(-distances).sum(dim=1)], dim=1)
-
-
-def _minibatch_discrimination(in_features: int, num_kernels: int, kernel_dim: int, backend: str | None) -> nn.Module:
-    from ganops import nn as ganops_nn
-
-    layer = getattr(ganops_nn, "MinibatchDiscrimination", None)
-    if layer is None:
-        return _NaiveMinibatchDiscrimination(in_features, num_kernels, kernel_dim)
-    return layer(in_features, num_kernels, kernel_dim, backend=backend)
-
-
 class _ImprovedDiscriminator(nn.Module):
-    """DCGAN's convolutional body (no batch norm), then minibatch discrimination on the flattened features and a
-    linear layer to the logit. :meth:`features_and_logits` also returns the body's features for feature matching."""
+    """DCGAN's convolutional body (no batch norm), then minibatch discrimination on the flattened features
+    (:class:`ganops.nn.MinibatchDiscrimination`, the fused op) and a linear layer to the logit. :meth:`features_and_logits` also returns the body's features for feature matching."""
 
     def __init__(self, image_size: int, width: int, num_kernels: int, kernel_dim: int, backend: str | None) -> None:
         super().__init__()
         body = models.DCGANDiscriminator(image_size, width, normalization="none").main
         self.body = body[:-1]
         features = width * image_size // 8 * 16
-        self.minibatch = _minibatch_discrimination(features, num_kernels, kernel_dim, backend)
+        self.minibatch = MinibatchDiscrimination(features, num_kernels, kernel_dim, backend=backend)
         self.linear = nn.Linear(features + num_kernels, 1)
 
     def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
