@@ -554,11 +554,24 @@ def _compile_all(jobs: dict[str, tuple], workers: int) -> dict[str, dict]:
         else:
             todo[digest] = job
     if todo:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            for digest, result in zip(todo, pool.map(_compile_job, todo.values())):
-                results[digest] = result
-                if "error" not in result:
-                    (cache / f"{digest}.json").write_text(json.dumps(result))
+        try:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(_compile_job, job): digest for digest, job in todo.items()}
+                for future in concurrent.futures.as_completed(futures):
+                    results[futures[future]] = future.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            # A compiler crash (an abort in MLIR or ptxas) kills its worker: find it by compiling the rest alone.
+            for digest, job in todo.items():
+                if digest in results:
+                    continue
+                try:
+                    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+                        results[digest] = pool.submit(_compile_job, job).result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    results[digest] = {"error": "the compiler crashed (the worker process died)"}
+        for digest in todo:
+            if "error" not in results[digest]:
+                (cache / f"{digest}.json").write_text(json.dumps(results[digest]))
     return results
 
 
