@@ -200,15 +200,23 @@ def sentence_text(tokens: Tensor) -> str:
 
 
 def looks_like_shapes(images: Tensor) -> Tensor:
-    """A fixed, crude detector of the shapes data, per image of ``[B, 3, H, W]`` in ``[-1, 1]``: the median
-    brightness is dark (< -0.3, as the plain backgrounds are) and 1% to 75% of the pixels are saturated colour
-    (largest minus smallest channel > 0.5, as the shapes are). 99.9% of the images of :func:`random_batch` pass
-    (2000 each at 8x8, 16x16 and 32x32: 2, 0 and 1 fail); grey noise (an untrained generator), uniform noise and
-    flat fields fail. The recipes' learning tests and the demo report the
-    fraction of samples that pass."""
+    """A fixed, crude detector of the shapes data, per image of ``[B, 3, H, W]`` in ``[-1, 1]``: 1% to 75% of the
+    pixels are saturated colour (largest minus smallest channel > 0.5, as the shapes are), at least a quarter are
+    unsaturated (< 0.2, the background), and the background is dark (median brightness < -0.3) and plain (its
+    brightness has a standard deviation <= 0.1). Of 2000 images of :func:`random_batch` each at 8x8, 16x16 and
+    32x32, 2, 0 and 0 fail; grey or uniform noise, flat fields and colour blobs on a mottled background fail. The demo
+    reports the fraction of samples that pass."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"looks_like_shapes: images must be [B, 3, H, W], got {getattr(images, 'shape', type(images).__name__)}")
     images = images.detach().float()
-    dark = images.mean(dim=1).flatten(1).median(dim=1).values < -0.3
-    saturated = ((images.max(dim=1).values - images.min(dim=1).values) > 0.5).float().mean(dim=(1, 2))
-    return dark & (saturated >= 0.01) & (saturated <= 0.75)
+    saturation = (images.max(dim=1).values - images.min(dim=1).values).flatten(1)
+    brightness = images.mean(dim=1).flatten(1)
+    saturated = (saturation > 0.5).float().mean(dim=1)
+    background = saturation < 0.2
+    background_count = background.sum(dim=1)
+    background_mean = (brightness * background).sum(dim=1) / background_count.clamp(min=1)
+    background_variance = ((brightness - background_mean[:, None]).square() * background).sum(dim=1) / background_count.clamp(min=1)
+    plain_dark_background = (
+        (background_count >= 0.25 * saturation.shape[1]) & (background_mean < -0.3) & (background_variance.sqrt() <= 0.1)
+    )
+    return plain_dark_background & (saturated >= 0.01) & (saturated <= 0.75)
