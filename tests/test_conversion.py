@@ -1,6 +1,6 @@
 """ganops.convert and the checkpoint converters: other codebases' spectral norms (torch's parametrization, torch's
-old hook API as StudioGAN uses it, BigGAN-PyTorch's SN layers) and attention layers swapped for ganops's,
-keeping parameters, state and outputs."""
+old hook API as StudioGAN uses it, BigGAN-PyTorch's SN layers) run on ganops's ops, keeping parameters, state,
+update order and outputs (whole models of three codebases: test_conversion_codebases.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations as torch_parametrizations
+from torch.nn.utils.spectral_norm import SpectralNorm as TorchHookSpectralNorm
 
 from attention_fixtures import StudioGANAttention
 from ganops.conversion import convert_spectral_norms as convert
@@ -94,13 +95,22 @@ def test_convert_old_hook_api_as_used_by_studiogan():
         model(x)  # a training forward, so the vectors are not the initial ones
     original = copy.deepcopy(model)
     weight_orig = model[0].weight_orig
+    (hook,) = model[0]._forward_pre_hooks.values()
     convert(model)
-    assert model[0].parametrizations.weight.original is weight_orig
-    assert model[0].parametrizations.weight[0].eps == 1e-6
-    assert "0.parametrizations.weight.0._u" in model.state_dict()
+    # The same hook object stays registered (with its state_dict hooks), computing on ganops's op.
+    assert tuple(model[0]._forward_pre_hooks.values()) == (hook,) and hook.eps == 1e-6
+    assert model[0].weight_orig is weight_orig
+    assert list(model.state_dict()) == list(original.state_dict())
+    # One training step each: the hook API's order (v first), so the same numbers.
+    for m in (model, original):
+        m(x).sum().backward()
+    assert max_state_difference(original, model) < 1e-5
+    assert relative_error(model[0].weight_orig.grad, original[0].weight_orig.grad) < 1e-5
     assert _eval_outputs_identical(original, model, x)
     convert(model, revert=True)
+    assert type(hook) is TorchHookSpectralNorm
     assert _eval_outputs_identical(original, model, x)
+    nn.utils.remove_spectral_norm(model[0])
 
 
 class _BigGANStyleSN:
@@ -167,10 +177,16 @@ def test_convert_biggan_pytorch_layers():
     original = copy.deepcopy(model)
     weight = model[0].weight
     convert(model)
-    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
-    assert not isinstance(model[0], _BigGANStyleSN) and not isinstance(model[2], _BigGANStyleSN)
-    assert model[0].parametrizations.weight.original is weight
-    assert model[0].parametrizations.weight[0].n_power_iterations == 2
-    assert model[2].parametrizations.weight[0].eps == 1e-8
-    assert not any(key.endswith(("u0", "sv0")) for key in model.state_dict())
+    # The same objects, subclasses of their own classes, with their settings and buffers.
+    assert isinstance(model[0], _SNConv2d) and type(model[0]) is not _SNConv2d and isinstance(model[2], _SNLinear)
+    assert model[0].weight is weight
+    assert model[0].num_itrs == 2 and model[2].eps == 1e-8
+    assert list(model.state_dict()) == list(original.state_dict())  # u0, u1, sv0, sv1 kept
+    # One training step each: BigGAN's order (v first), so the same numbers.
+    for m in (model, original):
+        m(x).sum().backward()
+    assert max_state_difference(original, model) < 1e-5
+    assert relative_error(model[0].weight.grad, original[0].weight.grad) < 1e-5
     assert _eval_outputs_identical(original, model, x)
+    convert(model, revert=True)
+    assert type(model[0]) is _SNConv2d and type(model[2]) is _SNLinear
