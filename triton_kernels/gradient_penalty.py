@@ -78,11 +78,14 @@ def _row_norm(scale_ptr, squared_ptr, rows, splits, BLOCK_S: tl.constexpr):
     """``s_n`` of each of ``rows`` from its ``splits`` scaled partials, rescaled to the row's largest scale before
     they are added, ``BLOCK_S`` at a time."""
     offsets = rows.to(tl.int64)[:, None] * splits
-    largest = tl.zeros([rows.shape[0]], dtype=scale_ptr.dtype.element_ty)
+    # A 2-D running maximum reduced after the loop: a loop-carried [rows] maximum used twice afterwards crashes
+    # Triton 3.6's TritonGPUOptimizeThreadLocality pass for sm_90 (assertion loopResult.hasOneUse()).
+    largest_tile = tl.zeros([rows.shape[0], BLOCK_S], dtype=scale_ptr.dtype.element_ty)
     for start in range(0, splits, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         mask = (s < splits)[None, :]
-        largest = tl.maximum(largest, tl.max(tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0), axis=1))
+        largest_tile = tl.maximum(largest_tile, tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0))
+    largest = tl.max(largest_tile, axis=1)
     inverse = _inverse(largest)
     total = tl.zeros([rows.shape[0], BLOCK_S], dtype=squared_ptr.dtype.element_ty)
     for start in range(0, splits, BLOCK_S):
