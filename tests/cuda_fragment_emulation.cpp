@@ -1,8 +1,9 @@
 // Host emulation of the tensor-core attention kernels' warp-level tile math (csrc/cuda/attention_mma.cuh),
 // built and run by tests/test_cuda_fragment_emulation.py. The header's own functions run for each of the 32
-// lanes; the MMA they call is emulated from an independent transcription of the PTX ISA's fragment tables
-// for mma.m16n8k16 (.f16/.bf16 inputs, .f32 accumulators), so a lane that loads the wrong element, or a
-// conversion between fragments that pairs the wrong registers, gives a wrong product here.
+// lanes; the ldmatrix and mma they call are emulated from an independent transcription of the PTX ISA's
+// tables (ldmatrix .x4 with and without .trans; mma.m16n8k16 with .f16/.bf16 inputs and .f32 accumulators),
+// so a lane that passes the wrong address, or a conversion between fragments that pairs the wrong registers,
+// gives a wrong product here.
 //
 // Elements are small integers stored as their int16 bit patterns (0 is the pattern of +0 in fp16 and bf16
 // too), so every product below is exact in float and the comparison is equality.
@@ -64,31 +65,88 @@ void check_fragment_maps() {
   }
 }
 
-// The header's functions run lane by lane; each mma call is recorded with its operands and replayed for the
-// whole warp once every lane has made it (the operands never depend on results of the same function).
-struct Call {
+// The header's functions run lane by lane. ldmatrix and mma are warp-wide, so each lane's calls are recorded
+// with symbolic registers (an index into the lane's register table: a packed literal, or matrix m of its n-th
+// ldmatrix) and resolved once every lane has run: ldmatrix from all lanes' addresses, then the mma calls in
+// order (their operands never depend on results of the same function).
+struct Register {
+  bool from_ldmatrix;
+  uint32_t literal;
+  size_t call;
+  int matrix;
+};
+
+struct LdmatrixCall {
+  const uint16_t* address;
+  bool trans;
+};
+
+struct MmaCall {
   float* c;
-  uint32_t a[4], b[2];
+  uint32_t a[4], b0, b1;
 };
 
-struct RecordingMma {
-  std::vector<Call>* calls;
-  void operator()(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) const {
-    calls->push_back({c, {a[0], a[1], a[2], a[3]}, {b[0], b[1]}});
+struct Warp {
+  std::vector<Register> registers[32];
+  std::vector<LdmatrixCall> loads[32];
+  std::vector<MmaCall> products[32];
+};
+
+uint32_t pack_exact(float low, float high);
+
+struct LaneOps {
+  Warp* warp;
+  int lane;
+
+  uint32_t add(const Register& r) {
+    warp->registers[lane].push_back(r);
+    return static_cast<uint32_t>(warp->registers[lane].size() - 1);
   }
+  void load(uint32_t (&r)[4], const uint16_t* address, bool trans) {
+    const size_t call = warp->loads[lane].size();
+    warp->loads[lane].push_back({address, trans});
+    for (int m = 0; m < 4; ++m) {
+      r[m] = add({true, 0, call, m});
+    }
+  }
+  void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* address) { load(r, address, false); }
+  void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* address) { load(r, address, true); }
+  void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    warp->products[lane].push_back({c, {a[0], a[1], a[2], a[3]}, b0, b1});
+  }
+  uint32_t pack(float low, float high) { return add({false, pack_exact(low, high), 0, 0}); }
 };
 
-void replay(std::vector<Call> (&calls)[32]) {
-  for (size_t n = 0; n < calls[0].size(); ++n) {
+// ldmatrix .x4 per the PTX ISA: lane 8 m + r passes the address of row r of matrix m (8 consecutive
+// elements); lane l receives in register m elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) of matrix m,
+// transposed with .trans: (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4).
+uint32_t ldmatrix_register(const Warp& warp, size_t call, int matrix, int lane) {
+  const bool trans = warp.loads[lane][call].trans;
+  for (int l = 0; l < 32; ++l) {
+    expect(warp.loads[l][call].trans == trans, "same ldmatrix on every lane", l, int(call), 0);
+  }
+  const auto element = [&](int row, int col) { return uint32_t(warp.loads[8 * matrix + row][call].address[col]); };
+  const int row = lane / 4, col = 2 * (lane % 4);
+  return trans ? element(col, row) | (element(col + 1, row) << 16) : element(row, col) | (element(row, col + 1) << 16);
+}
+
+uint32_t value_of(const Warp& warp, int lane, uint32_t token) {
+  const Register& r = warp.registers[lane][token];
+  return r.from_ldmatrix ? ldmatrix_register(warp, r.call, r.matrix, lane) : r.literal;
+}
+
+void replay(const Warp& warp) {
+  for (size_t n = 0; n < warp.products[0].size(); ++n) {
     float a[16][16] = {}, b[16][8] = {}, c[16][8] = {};
     for (int lane = 0; lane < 32; ++lane) {
-      expect(calls[lane].size() == calls[0].size(), "same calls on every lane", lane, 0, 0);
-      const Call& call = calls[lane][n];
+      expect(warp.products[lane].size() == warp.products[0].size(), "same mma calls on every lane", lane, 0, 0);
+      const MmaCall& call = warp.products[lane][n];
       for (int i = 0; i < 8; ++i) {
-        a[spec::a_row(lane, i)][spec::a_col(lane, i)] = spec::element(call.a[i / 2], i % 2);
+        a[spec::a_row(lane, i)][spec::a_col(lane, i)] = spec::element(value_of(warp, lane, call.a[i / 2]), i % 2);
       }
+      const uint32_t b_registers[2] = {value_of(warp, lane, call.b0), value_of(warp, lane, call.b1)};
       for (int i = 0; i < 4; ++i) {
-        b[spec::b_row(lane, i)][spec::b_col(lane)] = spec::element(call.b[i / 2], i % 2);
+        b[spec::b_row(lane, i)][spec::b_col(lane)] = spec::element(b_registers[i / 2], i % 2);
         c[spec::c_row(lane, i)][spec::c_col(lane, i)] = call.c[i];
       }
     }
@@ -98,7 +156,7 @@ void replay(std::vector<Call> (&calls)[32]) {
         for (int k = 0; k < 16; ++k) {
           d += a[spec::c_row(lane, i)][k] * b[k][spec::c_col(lane, i)];
         }
-        calls[lane][n].c[i] = d;
+        warp.products[lane][n].c[i] = d;
       }
     }
   }
@@ -114,41 +172,49 @@ uint32_t pack_exact(float low, float high) {
 
 std::mt19937 rng(1234);
 
-std::vector<uint16_t> random_block(int rows, int width) {
-  std::uniform_int_distribution<int> value(-3, 3);
-  std::vector<uint16_t> block(static_cast<size_t>(rows) * width);
-  for (auto& e : block) {
-    e = static_cast<uint16_t>(static_cast<int16_t>(value(rng)));
-  }
-  return block;
-}
+// A shared tile as the kernels lay it out: 64 rows, stride = width rounded up to 16, plus 8; `rows` rows of
+// small random integers (int16 bit patterns), zeros elsewhere. Also returns the values as floats [64][width].
+struct HostTile {
+  int width, stride;
+  std::vector<uint16_t> data;
+  std::vector<float> values;
+};
 
-float value(const std::vector<uint16_t>& block, int width, int row, int col) {
-  return static_cast<int16_t>(block[static_cast<size_t>(row) * width + col]);
+HostTile random_tile(int rows, int width) {
+  std::uniform_int_distribution<int> value(-3, 3);
+  const int stride = (width + 15) / 16 * 16 + 8;
+  HostTile tile{width, stride, std::vector<uint16_t>(64 * stride, 0), std::vector<float>(64 * width, 0.0f)};
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < width; ++c) {
+      const int v = value(rng);
+      tile.data[r * stride + c] = static_cast<uint16_t>(static_cast<int16_t>(v));
+      tile.values[r * width + c] = static_cast<float>(v);
+    }
+  }
+  return tile;
 }
 
 constexpr int kMaxSteps = 4, kMaxTiles = 8;
 
 // scores(): s = R C^T for the warp's rows row0 .. row0 + 15 of R [rows, dim] and C [cols, dim].
 void check_scores(int rows, int row0, int cols, int dim) {
-  const auto r = random_block(rows, dim), c = random_block(cols, dim);
-  const layout::Span r_span{r.data(), rows, dim}, c_span{c.data(), cols, dim};
+  const HostTile r = random_tile(rows, dim), c = random_tile(cols, dim);
   static float s[32][layout::kColTiles][4];
-  std::vector<Call> calls[32];
+  Warp warp;
   const int steps = (dim + 15) / 16;
   for (int lane = 0; lane < 32; ++lane) {
-    layout::scores<kMaxSteps>(s[lane], r_span, row0, c_span, steps, lane, RecordingMma{&calls[lane]});
+    LaneOps ops{&warp, lane};
+    const layout::Tile rows_tile{r.data.data(), r.stride}, cols_tile{c.data.data(), c.stride};
+    layout::scores<kMaxSteps>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
   }
-  replay(calls);
+  replay(warp);
   for (int lane = 0; lane < 32; ++lane) {
     for (int nt = 0; nt < layout::kColTiles; ++nt) {
       for (int i = 0; i < 4; ++i) {
         const int row = row0 + layout::c_row(lane, i), col = nt * 8 + layout::c_col(lane, i);
         float expected = 0;
-        if (row < rows && col < cols) {
-          for (int d = 0; d < dim; ++d) {
-            expected += value(r, dim, row, d) * value(c, dim, col, d);
-          }
+        for (int d = 0; d < dim; ++d) {
+          expected += r.values[row * dim + d] * c.values[col * dim + d];
         }
         expect(s[lane][nt][i] == expected, "scores", rows * 1000 + row0, cols, dim);
       }
@@ -156,10 +222,9 @@ void check_scores(int rows, int row0, int cols, int dim) {
   }
 }
 
-// accumulate_product(): acc += P V for P a 16 x 64 accumulator tile and V [cols, width].
+// accumulate_product(): acc += P B for P a 16 x 64 accumulator tile and B [cols, width].
 void check_product(int cols, int width) {
-  const auto v = random_block(cols, width);
-  const layout::Span v_span{v.data(), cols, width};
+  const HostTile b = random_tile(cols, width);
   std::uniform_int_distribution<int> entry(-4, 4);
   float p[16][64];
   for (auto& row : p) {
@@ -180,20 +245,21 @@ void check_product(int cols, int width) {
       }
     }
   }
-  std::vector<Call> calls[32];
+  Warp warp;
   const int tiles = (width + 7) / 8;
   for (int lane = 0; lane < 32; ++lane) {
-    layout::accumulate_product<kMaxTiles>(acc[lane], c[lane], v_span, tiles, lane, pack_exact, RecordingMma{&calls[lane]});
+    LaneOps ops{&warp, lane};
+    layout::accumulate_product<kMaxTiles>(acc[lane], c[lane], layout::Tile{b.data.data(), b.stride}, tiles, lane, ops);
   }
-  replay(calls);
+  replay(warp);
   for (int lane = 0; lane < 32; ++lane) {
     for (int dt = 0; dt < tiles; ++dt) {
       for (int i = 0; i < 4; ++i) {
         const int row = layout::c_row(lane, i), col = dt * 8 + layout::c_col(lane, i);
         float expected = 1.0f;
         if (col < width) {
-          for (int j = 0; j < cols; ++j) {
-            expected += p[row][j] * value(v, width, j, col);
+          for (int j = 0; j < 64; ++j) {
+            expected += p[row][j] * b.values[j * width + col];
           }
         }
         expect(acc[lane][dt][i] == expected, "product", cols, width, dt);
@@ -211,7 +277,7 @@ int main() {
       check_scores(53, row0, 37, dim);
     }
   }
-  for (const int width : {48, 12, 7, 64}) {
+  for (const int width : {48, 12, 7, 64, 16}) {
     check_product(64, width);
     check_product(37, width);
     check_product(1, width);

@@ -1,5 +1,5 @@
 """The CUDA attention kernels' own paths, called through the registered ops: the tensor-core kernels (fp16 and
-bf16, one instantiation per head-dim bound: (16, 64), (64, 64), (128, 128)), the CUDA-core kernels (fp32,
+bf16, one instantiation per head-dim bound: (16, 64), (64, 64), (64, 128)), the CUDA-core kernels (fp32,
 fp64, and half precision above the bounds), ragged tiles and spans that start off a 16-byte boundary (odd
 head dims). Skipped without a GPU; scripts/gpu_check.sh runs them."""
 
@@ -18,8 +18,9 @@ SHAPES = [
     (2, 4096, 1024, 12, 48),  # BigGAN-128 D: bounds (16, 64)
     (3, 77, 129, 5, 7),  # odd head dims: spans off 16-byte boundaries; partial tiles on both sides
     (2, 200, 130, 64, 64),  # bounds (64, 64)
-    (1, 130, 65, 128, 100),  # bounds (128, 128)
-    (2, 70, 33, 20, 256),  # Dv above every bound: the CUDA-core kernels in every dtype
+    (1, 130, 65, 40, 100),  # bounds (64, 128)
+    (1, 70, 65, 128, 128),  # Dqk above every bound: the CUDA-core kernels in every dtype
+    (2, 70, 33, 20, 256),  # Dv above every bound
     (1, 1, 1, 1, 1),
 ]
 
@@ -116,8 +117,11 @@ def test_cuda_spectral_norm_group_work_list_matches_reference(dtype, n_power_ite
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=generator).to("cuda", dtype) for shape in shapes]
     weights.append(torch.randn(40, 70, generator=generator).to("cuda", dtype).t())  # strided: col stride 70
-    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], generator=generator), dim=0).to("cuda", dtype) for w in weights]
-    vs = [torch.nn.functional.normalize(torch.randn(w.shape[1], generator=generator), dim=0).to("cuda", dtype) for w in weights]
+    def unit(n):
+        return torch.nn.functional.normalize(torch.randn(n, generator=generator), dim=0).to("cuda", dtype)
+
+    us = [unit(w.shape[0]) for w in weights]
+    vs = [unit(w.shape[1]) for w in weights]
     grads = [torch.randn(w.shape, generator=generator).to("cuda", dtype) for w in weights]
     params = [w.detach().requires_grad_() for w in weights]
     outputs = fused_spectral_norm_group(params, us, vs, n_power_iterations, 1e-12, backend="cpp")

@@ -1,12 +1,12 @@
 // CUDA kernels of the fused attention ops, FlashAttention-2 style, in two families:
 //
-// * Tensor cores (fp16 and bf16 on sm_80 and later, head dims up to 128; the `tc` namespace below):
+// * Tensor cores (fp16 and bf16 on sm_80 and later, Dqk <= 64 and Dv <= 128; the `tc` namespace below):
 //   mma.sync.m16n8k16 with fp32 accumulators, cp.async double buffering, scores kept in registers between
 //   the two products of a step. Written as plain CUDA with inline PTX rather than on CuTe/CUTLASS: the
 //   kernels need four fragment maps (attention_mma.cuh) and a handful of PTX instructions, which a CPU test
 //   can check lane by lane, where CuTe's layouts would add a pinned header-only dependency whose layout
 //   algebra no test here can run. wgmma (sm_90) is not used: mma.sync runs on sm_90 too, at a lower peak.
-// * CUDA cores (fp32, fp64, and fp16/bf16 on older GPUs or head dims above 128), exact FFMA in acc_type:
+// * CUDA cores (fp32, fp64, and fp16/bf16 on older GPUs or larger head dims), exact FFMA in acc_type:
 //   - forward: one block per (batch, tile of queries); the scaled query tile stays in shared memory while
 //     the key and value tiles stream through it; a running max and sum per query (online softmax) keep
 //     logits of any magnitude exact, and the unnormalised output tile accumulates in shared memory.
@@ -392,55 +392,51 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 // ---------------------------------------------------------------------------------------------------------
 // Tensor-core kernels (fp16 and bf16 on sm_80 and later): FlashAttention-2 on mma.sync.m16n8k16 with fp32
 // accumulators. Each CTA owns kTileRows = 64 rows (queries, or keys in the dK/dV pass), 16 per warp (the MMA's
-// M), and streams the other side through shared memory kTileCols = 64 at a time; the score tile of a step
+// M), and streams the other side through shared memory kTileCols = 64 rows at a time; the score tile of a step
 // stays in registers and feeds the next product as its A operand (mma_layout::c_tile_for_a).
 //
-// Shared memory holds each tile as the contiguous span of global memory it is ([rows, dim] of one batch is
-// rows * dim consecutive elements), copied with 16-byte cp.async and double-buffered so that the next step's
-// copy runs under this step's math. Fragments are gathered from the span element by element with the
-// predicate "row and column exist": head dims pad to the MMA's 16 (k) or 8 (n) with zeros read as such, and
-// no padded copy exists anywhere. This costs more shared-memory loads per MMA than ldmatrix on a padded
-// layout would, but works for every head dim and alignment, and the fragment indexing is the one
-// tests/test_cuda_fragment_emulation.py checks on the CPU. Elements travel as their 16-bit patterns; only
-// the MMA's type suffix distinguishes fp16 from bf16.
+// Shared tiles are row-major with a row stride of the head dim rounded up to 16, plus 8 (16-byte aligned rows
+// for ldmatrix; an odd number of 16-byte units so that ldmatrix's 8 rows hit 8 different bank groups). The
+// columns past the head dim are zeroed once per kernel and the rows past the tensor's end are zero-filled by
+// the copy, so the products run over whole 16 x 16 blocks with no predicate: the head dims pad to the MMA
+// shape inside shared memory, and no padded copy exists in global memory. Copies are cp.async in the widest
+// chunk (16, 8 or 4 bytes) that the head dim and the tensor's alignment allow, double-buffered so that the
+// next step's copy runs under this step's math; odd head dims fall back to element copies. Elements travel as
+// 16-bit patterns; only the MMA's type suffix distinguishes fp16 from bf16.
 namespace tc {
 
 namespace layout = mma_layout;
 
 constexpr int kWarpRows = layout::kM;
 constexpr int kTileRows = kWarps * kWarpRows;
+static_assert(kTileRows == layout::kTileCols, "every shared tile has 64 rows");
 using layout::kColTiles;
 using layout::kTileCols;
-using layout::Span;
-// Elements of one 16-byte cp.async chunk; a span starts up to this many elements into its buffer, at the
-// source's offset within its 16-byte chunk, so that both sides of every chunk copy are 16-byte aligned.
-constexpr int kChunk = 8;
+using layout::Tile;
 // The head dims (Dqk, Dv) the tensor-core kernels are instantiated for, as upper bounds: the first pair
 // that holds the shape is chosen at launch, and steps past the actual dims are skipped at run time, so a
 // pair only sets the register arrays' sizes. (16, 64) is SAGAN's Dqk = C / 8, Dv = C / 2 for C <= 128
-// (BigGAN-128's 12 and 48); above (128, 128) the CUDA-core kernels run.
+// (BigGAN-128's 12 and 48), (64, 128) the same up to C = 256 and square heads up to 64. Beyond, the CUDA-core
+// kernels run: (128, 128) would need 192 accumulator registers a thread in the dK/dV pass and spills.
 struct HeadBounds {
   int qk, v;
 };
-constexpr HeadBounds kHeadBounds[] = {{16, 64}, {64, 64}, {128, 128}};
+constexpr HeadBounds kHeadBounds[] = {{16, 64}, {64, 64}, {64, 128}};
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Elements of a shared buffer that holds a span of rows x width elements at any starting offset, rounded
-// to whole chunks so that the next buffer starts 16-byte aligned too.
-__host__ __device__ constexpr int64_t span_capacity(int64_t rows, int64_t width) {
-  return ceil_div(rows * width + kChunk, kChunk) * kChunk;
-}
+// Row stride (elements) of a shared tile of head dim `width`.
+__host__ __device__ constexpr int64_t tile_stride(int64_t width) { return ceil_div(width, 16) * 16 + 8; }
+__host__ __device__ constexpr int64_t tile_elements(int64_t width) { return kTileRows * tile_stride(width); }
 
 // Shared bytes of each kernel; the kernels carve their buffers in this order.
 __host__ __device__ constexpr int64_t forward_shared_bytes(int64_t qk_dim, int64_t v_dim) {
-  return 2 * (span_capacity(kTileRows, qk_dim) + 2 * span_capacity(kTileCols, qk_dim) +
-              2 * span_capacity(kTileCols, v_dim));
+  return 2 * (3 * tile_elements(qk_dim) + 2 * tile_elements(v_dim));
 }
-// grad_q and grad_kv: the owned rows' two spans, two buffers of each streamed span, and (grad_kv only) two
+// grad_q and grad_kv: the owned rows' two tiles, two buffers of each streamed tile, and (grad_kv only) two
 // buffers of lse and Delta per streamed row in float.
 __host__ __device__ constexpr int64_t grad_q_shared_bytes(int64_t qk_dim, int64_t v_dim) {
-  return forward_shared_bytes(qk_dim, v_dim) + 2 * span_capacity(kTileRows, v_dim);
+  return forward_shared_bytes(qk_dim, v_dim) + 2 * tile_elements(v_dim);
 }
 __host__ __device__ constexpr int64_t grad_kv_shared_bytes(int64_t qk_dim, int64_t v_dim) {
   return grad_q_shared_bytes(qk_dim, v_dim) + 4 * kTileCols * int64_t(sizeof(float));
@@ -459,39 +455,61 @@ __device__ __forceinline__ uint32_t pack<__nv_bfloat16>(float low, float high) {
   return *reinterpret_cast<const uint32_t*>(&packed);
 }
 
-// The kernels' `pack` and `mma` for the tile functions of attention_mma.cuh.
-template <typename T>
-struct Pack {
-  __device__ uint32_t operator()(float low, float high) const { return pack<T>(low, high); }
-};
-template <typename T>
-struct Mma {
-  __device__ void operator()(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) const;
-};
-
 // c += a b on the tensor cores, f32 accumulators.
 template <typename T>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 template <>
-__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+__device__ __forceinline__ void mma<__nv_bfloat16>(
+    float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void cp_async_16(uint16_t* shared_dst, const uint16_t* global_src) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src));
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// The `ops` of the tile functions in attention_mma.cuh.
+template <typename T>
+struct TensorCoreOps {
+  __device__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) const {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+  }
+  __device__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* p) const {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+  }
+  __device__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
+    tc::mma<T>(c, a, b0, b1);
+  }
+  __device__ uint32_t pack(float low, float high) const { return tc::pack<T>(low, high); }
+};
+
+// cp.async of `Bytes` bytes, or of zeros when `present` is false (src-size 0: nothing is read).
+template <int Bytes>
+__device__ __forceinline__ void cp_async(uint16_t* shared_dst, const uint16_t* global_src, bool present) {
+  const unsigned dst = shared_address(shared_dst);
+  const int src_bytes = present ? Bytes : 0;
+  if constexpr (Bytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global_src), "r"(src_bytes));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(global_src), "n"(Bytes),
+                 "r"(src_bytes));
+  }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most `Pending` of this thread's committed copy groups are still in flight.
@@ -500,32 +518,73 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 }
 
-template <typename T>
-__device__ __forceinline__ void Mma<T>::operator()(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) const {
-  mma<T>(c, a, b);
+// How a [*, width] tensor is copied into tiles: the widest cp.async chunk (elements) that divides the row and
+// the tensor's alignment, or 0 for element copies.
+__device__ int chunk_elements(const void* tensor, int width) {
+  const auto address = reinterpret_cast<uintptr_t>(tensor);
+  for (int bytes = 16; bytes >= 4; bytes /= 2) {
+    if ((width * 2) % bytes == 0 && address % bytes == 0) {
+      return bytes / 2;
+    }
+  }
+  return 0;
 }
 
-// Starts copying src[0, rows * width) into `buffer` (span_capacity(rows, width) elements); returns the span.
-// The 16-byte chunks go by cp.async; the few elements before the first and after the last whole chunk are
-// copied here. All threads of the block take part; the copy is complete for the block after
-// cp_async_wait and __syncthreads.
-__device__ Span copy_span_async(uint16_t* buffer, const uint16_t* src, int rows, int width) {
-  const int count = rows * width;
-  const int shift = static_cast<int>((reinterpret_cast<uintptr_t>(src) / sizeof(uint16_t)) % kChunk);
-  uint16_t* dst = buffer + shift;
-  const int head = min(count, (kChunk - shift) % kChunk);
-  const int chunks = (count - head) / kChunk;
-  const int tail = head + chunks * kChunk;
-  for (int i = threadIdx.x; i < head; i += kThreads) {
-    dst[i] = src[i];
+// A tile buffer and how to fill it from one [*, width] tensor.
+struct TileSource {
+  const uint16_t* tensor;  // row 0 of the batch
+  int width, stride, chunk;
+};
+
+template <int Elements>
+__device__ __forceinline__ void copy_rows_in_chunks(
+    uint16_t* tile, const TileSource& source, int64_t row0, int rows) {
+  const int per_row = source.width / Elements;
+  for (int e = threadIdx.x; e < kTileRows * per_row; e += kThreads) {
+    const int r = e / per_row, c = (e - r * per_row) * Elements;
+    const bool present = r < rows;
+    cp_async<Elements * 2>(
+        tile + r * source.stride + c, source.tensor + (present ? (row0 + r) * source.width + c : 0), present);
   }
-  for (int i = tail + threadIdx.x; i < count; i += kThreads) {
-    dst[i] = src[i];
+}
+
+// Starts filling `tile` with rows row0 .. row0 + rows - 1 of the source and zeros in the tile's other rows
+// (columns < width; the columns past it are zero from zero_padding). All threads take part; the tile is
+// complete for the block after cp_async_wait and __syncthreads.
+__device__ void fill_tile_async(uint16_t* tile, const TileSource& source, int64_t row0, int rows) {
+  switch (source.chunk) {
+    case 8:
+      copy_rows_in_chunks<8>(tile, source, row0, rows);
+      break;
+    case 4:
+      copy_rows_in_chunks<4>(tile, source, row0, rows);
+      break;
+    case 2:
+      copy_rows_in_chunks<2>(tile, source, row0, rows);
+      break;
+    default:
+      for (int e = threadIdx.x; e < kTileRows * source.width; e += kThreads) {
+        const int r = e / source.width, c = e - r * source.width;
+        tile[r * source.stride + c] = r < rows ? source.tensor[(row0 + r) * source.width + c] : uint16_t(0);
+      }
   }
-  for (int c = threadIdx.x; c < chunks; c += kThreads) {
-    cp_async_16(dst + head + c * kChunk, src + head + c * kChunk);
+}
+
+// Zeros columns width .. stride - 1 of every row of `count` consecutive tiles of this width.
+__device__ void zero_padding(uint16_t* first_tile, int count, int width, int stride) {
+  const int pad = stride - width;
+  for (int e = threadIdx.x; e < count * kTileRows * pad; e += kThreads) {
+    const int row = e / pad;
+    first_tile[row * stride + width + (e - row * pad)] = 0;
   }
-  return {dst, rows, width};
+}
+
+// 2^x with one MUFU.EX2 (exp2f adds a denormal range fix-up around it): the probabilities it feeds are
+// rounded to fp16/bf16, far coarser than the approximation's 2 ulp; 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -542,8 +601,13 @@ __device__ __forceinline__ const uint16_t* bits(const T* p) {
   return reinterpret_cast<const uint16_t*>(p);
 }
 
-// Two consecutive shared buffers of `capacity` elements, picked by a runtime index without a local array
-// (which would live in local memory).
+__device__ uint16_t* shared_buffer() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<uint16_t*>(shared_bytes);
+}
+
+// Two consecutive shared buffers, picked by a runtime index without a local array (which would live in
+// local memory).
 template <typename E>
 struct BufferPair {
   E* first;
@@ -552,9 +616,23 @@ struct BufferPair {
   __device__ E* end() const { return first + 2 * capacity; }
 };
 
-__device__ uint16_t* shared_buffer() {
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
-  return reinterpret_cast<uint16_t*>(shared_bytes);
+// Writes the warp's 16 x (8 * kMaxTiles) accumulator tile to rows warp_row0.. of a [*, width] tensor (rows <
+// rows and columns < width only), the thread's upper row (group) times `upper`, its lower one (group + 8)
+// times `lower`.
+template <typename T, int kMaxTiles>
+__device__ __forceinline__ void store_tile(
+    T* dst, int width, int warp_row0, int rows, const float (&acc)[kMaxTiles][4], float upper, float lower,
+    int lane) {
+#pragma unroll
+  for (int dt = 0; dt < kMaxTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
+      if (row < rows && col < width) {
+        dst[row * width + col] = from_acc<T>(acc[dt][i] * (i < 2 ? upper : lower));
+      }
+    }
+  }
 }
 
 template <typename T, int kMaxQk, int kMaxV>
@@ -563,27 +641,32 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     float* __restrict__ lse, AttentionShape s, float scale_log2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
   const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
   const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
   const int64_t tiles = ceil_div(s.queries, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
 
   uint16_t* q_buffer = shared_buffer();
-  const BufferPair<uint16_t> k_buffers{q_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
-  const BufferPair<uint16_t> v_buffers{k_buffers.end(), span_capacity(kTileCols, v_dim)};
+  const BufferPair<uint16_t> k_buffers{q_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
+  const BufferPair<uint16_t> v_buffers{k_buffers.end(), tile_elements(v_dim)};
+  zero_padding(q_buffer, 3, qk_dim, qk_stride);
+  zero_padding(v_buffers[0], 2, v_dim, v_stride);
 
-  const uint16_t* k_b = bits(k) + b * s.keys * qk_dim;
-  const uint16_t* v_b = bits(v) + b * s.keys * v_dim;
-  const Span q_span = copy_span_async(q_buffer, bits(q) + (b * s.queries + row0) * qk_dim, rows, qk_dim);
-  cp_async_commit();
+  const TileSource q_source{bits(q) + b * s.queries * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
+  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
+  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
+  fill_tile_async(q_buffer, q_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
-  Span k_span = copy_span_async(k_buffers[0], k_b, cols, qk_dim);
-  Span v_span = copy_span_async(v_buffers[0], v_b, cols, v_dim);
+  fill_tile_async(k_buffers[0], k_source, 0, cols);
+  fill_tile_async(v_buffers[0], v_source, 0, cols);
   cp_async_commit();
 
+  const Tile q_tile{q_buffer, qk_stride};
   float o[kMaxVTiles][4] = {};
   // Per row of the thread (group and group + 8): running max of the log2-scaled scores, and this thread's
   // part of the running sum (the quad's four parts are added at the end; all share the max).
@@ -591,12 +674,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
   int buffer = 0;
   for (int64_t col0 = 0; col0 < s.keys; col0 += kTileCols) {
     const int64_t next0 = col0 + kTileCols;
-    Span next_k = k_span, next_v = v_span;
     int next_cols = 0;
     if (next0 < s.keys) {
       next_cols = static_cast<int>(min(int64_t(kTileCols), s.keys - next0));
-      next_k = copy_span_async(k_buffers[buffer ^ 1], k_b + next0 * qk_dim, next_cols, qk_dim);
-      next_v = copy_span_async(v_buffers[buffer ^ 1], v_b + next0 * v_dim, next_cols, v_dim);
+      fill_tile_async(k_buffers[buffer ^ 1], k_source, next0, next_cols);
+      fill_tile_async(v_buffers[buffer ^ 1], v_source, next0, next_cols);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -605,7 +687,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     __syncthreads();
 
     float p[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, q_span, warp_row0, k_span, qk_steps, lane, Mma<T>());
+    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, Tile{k_buffers[buffer], qk_stride}, qk_steps, lane, ops);
     float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
@@ -620,7 +702,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     for (int h = 0; h < 2; ++h) {
       // cols >= 1, so the new max is finite and exp2(-inf - max) = 0 for masked keys and the first step.
       const float new_max = fmaxf(row_max[h], quad_max(step_max[h]));
-      correction[h] = exp2f(row_max[h] - new_max);
+      correction[h] = fast_exp2(row_max[h] - new_max);
       row_max[h] = new_max;
       row_sum[h] *= correction[h];
     }
@@ -628,7 +710,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        p[nt][i] = exp2f(p[nt][i] - row_max[i >> 1]);
+        p[nt][i] = fast_exp2(p[nt][i] - row_max[i >> 1]);
         row_sum[i >> 1] += p[nt][i];
       }
     }
@@ -639,11 +721,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
         o[dt][i] *= correction[i >> 1];
       }
     }
-    layout::accumulate_product<kMaxVTiles>(o, p, v_span, v_tiles, lane, Pack<T>(), Mma<T>());
+    layout::accumulate_product<kMaxVTiles>(o, p, Tile{v_buffers[buffer], v_stride}, v_tiles, lane, ops);
     // Every warp is done with this step's buffers before the next step's copy overwrites them.
     __syncthreads();
-    k_span = next_k;
-    v_span = next_v;
     cols = next_cols;
     buffer ^= 1;
   }
@@ -654,17 +734,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     row_sum[h] = quad_sum(row_sum[h]);
     inverse[h] = 1.0f / row_sum[h];
   }
-  T* out_b = out + (b * s.queries + row0) * v_dim;
-#pragma unroll
-  for (int dt = 0; dt < kMaxVTiles; ++dt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
-      if (row < rows && col < v_dim) {
-        out_b[row * v_dim + col] = from_acc<T>(o[dt][i] * inverse[i >> 1]);
-      }
-    }
-  }
+  store_tile<T, kMaxVTiles>(
+      out + (b * s.queries + row0) * v_dim, v_dim, warp_row0, rows, o, inverse[0], inverse[1], lane);
   if (layout::quad_of(lane) == 0) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -687,29 +758,34 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
   constexpr int kMaxVSteps = kMaxV / layout::kK;
+  TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
   const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
   const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
   const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
+  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
   const int64_t tiles = ceil_div(s.queries, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
 
   uint16_t* q_buffer = shared_buffer();
-  const BufferPair<uint16_t> k_buffers{q_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
-  const BufferPair<uint16_t> v_buffers{k_buffers.end(), span_capacity(kTileCols, v_dim)};
+  const BufferPair<uint16_t> k_buffers{q_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
+  const BufferPair<uint16_t> v_buffers{k_buffers.end(), tile_elements(v_dim)};
   uint16_t* go_buffer = v_buffers.end();
+  zero_padding(q_buffer, 3, qk_dim, qk_stride);
+  zero_padding(v_buffers[0], 3, v_dim, v_stride);
 
   const int64_t first = b * s.queries + row0;
-  const uint16_t* k_b = bits(k) + b * s.keys * qk_dim;
-  const uint16_t* v_b = bits(v) + b * s.keys * v_dim;
-  const Span q_span = copy_span_async(q_buffer, bits(q) + first * qk_dim, rows, qk_dim);
-  const Span go_span = copy_span_async(go_buffer, bits(grad_out) + first * v_dim, rows, v_dim);
-  cp_async_commit();
+  const TileSource q_source{bits(q) + b * s.queries * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
+  const TileSource go_source{bits(grad_out) + b * s.queries * v_dim, v_dim, v_stride, chunk_elements(grad_out, v_dim)};
+  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
+  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
+  fill_tile_async(q_buffer, q_source, row0, rows);
+  fill_tile_async(go_buffer, go_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
-  Span k_span = copy_span_async(k_buffers[0], k_b, cols, qk_dim);
-  Span v_span = copy_span_async(v_buffers[0], v_b, cols, v_dim);
+  fill_tile_async(k_buffers[0], k_source, 0, cols);
+  fill_tile_async(v_buffers[0], v_source, 0, cols);
   cp_async_commit();
 
   float row_lse[2], row_delta[2];
@@ -719,16 +795,16 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     row_lse[h] = row < rows ? lse[first + row] * kLog2e : 0.0f;
     row_delta[h] = row < rows ? delta[first + row] : 0.0f;
   }
+  const Tile q_tile{q_buffer, qk_stride}, go_tile{go_buffer, v_stride};
   float dq[kMaxQkTiles][4] = {};
   int buffer = 0;
   for (int64_t col0 = 0; col0 < s.keys; col0 += kTileCols) {
     const int64_t next0 = col0 + kTileCols;
-    Span next_k = k_span, next_v = v_span;
     int next_cols = 0;
     if (next0 < s.keys) {
       next_cols = static_cast<int>(min(int64_t(kTileCols), s.keys - next0));
-      next_k = copy_span_async(k_buffers[buffer ^ 1], k_b + next0 * qk_dim, next_cols, qk_dim);
-      next_v = copy_span_async(v_buffers[buffer ^ 1], v_b + next0 * v_dim, next_cols, v_dim);
+      fill_tile_async(k_buffers[buffer ^ 1], k_source, next0, next_cols);
+      fill_tile_async(v_buffers[buffer ^ 1], v_source, next0, next_cols);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -736,37 +812,25 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     }
     __syncthreads();
 
+    const Tile k_tile{k_buffers[buffer], qk_stride};
     float p[kColTiles][4], dp[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, q_span, warp_row0, k_span, qk_steps, lane, Mma<T>());
-    layout::scores<kMaxVSteps>(dp, go_span, warp_row0, v_span, v_steps, lane, Mma<T>());
+    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
+    layout::scores<kMaxVSteps>(dp, go_tile, warp_row0, Tile{v_buffers[buffer], v_stride}, v_steps, lane, ops);
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
-        const float prob = key ? exp2f(p[nt][i] * scale_log2 - row_lse[i >> 1]) : 0.0f;
+        const float prob = key ? fast_exp2(p[nt][i] * scale_log2 - row_lse[i >> 1]) : 0.0f;
         dp[nt][i] = prob * (dp[nt][i] - row_delta[i >> 1]);
       }
     }
-    layout::accumulate_product<kMaxQkTiles>(dq, dp, k_span, qk_tiles, lane, Pack<T>(), Mma<T>());
+    layout::accumulate_product<kMaxQkTiles>(dq, dp, k_tile, qk_tiles, lane, ops);
     __syncthreads();
-    k_span = next_k;
-    v_span = next_v;
     cols = next_cols;
     buffer ^= 1;
   }
-
-  T* gq_b = grad_q + first * qk_dim;
-#pragma unroll
-  for (int dt = 0; dt < kMaxQkTiles; ++dt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
-      if (row < rows && col < qk_dim) {
-        gq_b[row * qk_dim + col] = from_acc<T>(dq[dt][i] * scale);
-      }
-    }
-  }
+  store_tile<T, kMaxQkTiles>(grad_q + first * qk_dim, qk_dim, warp_row0, rows, dq, scale, scale, lane);
 #endif
 }
 
@@ -780,31 +844,36 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
   constexpr int kMaxVSteps = kMaxV / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
   const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
   const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
   const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
   const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
   const int64_t tiles = ceil_div(s.keys, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.keys - row0));
 
   // The same carving as grad_q with the roles of queries and keys swapped, then the per-query statistics.
   uint16_t* k_buffer = shared_buffer();
-  const BufferPair<uint16_t> q_buffers{k_buffer + span_capacity(kTileRows, qk_dim), span_capacity(kTileCols, qk_dim)};
-  const BufferPair<uint16_t> go_buffers{q_buffers.end(), span_capacity(kTileCols, v_dim)};
+  const BufferPair<uint16_t> q_buffers{k_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
+  const BufferPair<uint16_t> go_buffers{q_buffers.end(), tile_elements(v_dim)};
   uint16_t* v_buffer = go_buffers.end();
-  const BufferPair<float> lse_buffers{reinterpret_cast<float*>(v_buffer + span_capacity(kTileRows, v_dim)), kTileCols};
+  const BufferPair<float> lse_buffers{reinterpret_cast<float*>(v_buffer + tile_elements(v_dim)), kTileCols};
   const BufferPair<float> delta_buffers{lse_buffers.end(), kTileCols};
+  zero_padding(k_buffer, 3, qk_dim, qk_stride);
+  zero_padding(go_buffers[0], 3, v_dim, v_stride);
 
   const int64_t first = b * s.keys + row0;
   const int64_t q_first = b * s.queries;
-  const uint16_t* q_b = bits(q) + q_first * qk_dim;
-  const uint16_t* go_b = bits(grad_out) + q_first * v_dim;
-  const Span k_span = copy_span_async(k_buffer, bits(k) + first * qk_dim, rows, qk_dim);
-  const Span v_span = copy_span_async(v_buffer, bits(v) + first * v_dim, rows, v_dim);
-  cp_async_commit();
+  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
+  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
+  const TileSource q_source{bits(q) + q_first * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
+  const TileSource go_source{bits(grad_out) + q_first * v_dim, v_dim, v_stride, chunk_elements(grad_out, v_dim)};
+  fill_tile_async(k_buffer, k_source, row0, rows);
+  fill_tile_async(v_buffer, v_source, row0, rows);
   // Query statistics are few (2 floats a query): plain loads into shared memory, visible after the barrier.
   const auto copy_stats = [&](int64_t query0, int count, int buffer) {
     for (int i = threadIdx.x; i < kTileCols; i += kThreads) {
@@ -813,21 +882,21 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     }
   };
   int cols = static_cast<int>(min(int64_t(kTileCols), s.queries));
-  Span q_span = copy_span_async(q_buffers[0], q_b, cols, qk_dim);
-  Span go_span = copy_span_async(go_buffers[0], go_b, cols, v_dim);
+  fill_tile_async(q_buffers[0], q_source, 0, cols);
+  fill_tile_async(go_buffers[0], go_source, 0, cols);
   copy_stats(0, cols, 0);
   cp_async_commit();
 
+  const Tile k_tile{k_buffer, qk_stride}, v_tile{v_buffer, v_stride};
   float dk[kMaxQkTiles][4] = {}, dv[kMaxVTiles][4] = {};
   int buffer = 0;
   for (int64_t col0 = 0; col0 < s.queries; col0 += kTileCols) {
     const int64_t next0 = col0 + kTileCols;
-    Span next_q = q_span, next_go = go_span;
     int next_cols = 0;
     if (next0 < s.queries) {
       next_cols = static_cast<int>(min(int64_t(kTileCols), s.queries - next0));
-      next_q = copy_span_async(q_buffers[buffer ^ 1], q_b + next0 * qk_dim, next_cols, qk_dim);
-      next_go = copy_span_async(go_buffers[buffer ^ 1], go_b + next0 * v_dim, next_cols, v_dim);
+      fill_tile_async(q_buffers[buffer ^ 1], q_source, next0, next_cols);
+      fill_tile_async(go_buffers[buffer ^ 1], go_source, next0, next_cols);
       copy_stats(next0, next_cols, buffer ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -836,20 +905,21 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     }
     __syncthreads();
 
+    const Tile q_tile{q_buffers[buffer], qk_stride}, go_tile{go_buffers[buffer], v_stride};
     const float* col_lse = lse_buffers[buffer];
     const float* col_delta = delta_buffers[buffer];
     float p[kColTiles][4], dp[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, k_span, warp_row0, q_span, qk_steps, lane, Mma<T>());
+    layout::scores<kMaxQkSteps>(p, k_tile, warp_row0, q_tile, qk_steps, lane, ops);
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int col = nt * layout::kN + layout::c_col(lane, i);
-        p[nt][i] = col < cols ? exp2f(p[nt][i] * scale_log2 - col_lse[col]) : 0.0f;
+        p[nt][i] = col < cols ? fast_exp2(p[nt][i] * scale_log2 - col_lse[col]) : 0.0f;
       }
     }
-    layout::accumulate_product<kMaxVTiles>(dv, p, go_span, v_tiles, lane, Pack<T>(), Mma<T>());
-    layout::scores<kMaxVSteps>(dp, v_span, warp_row0, go_span, v_steps, lane, Mma<T>());
+    layout::accumulate_product<kMaxVTiles>(dv, p, go_tile, v_tiles, lane, ops);
+    layout::scores<kMaxVSteps>(dp, v_tile, warp_row0, go_tile, v_steps, lane, ops);
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
@@ -858,36 +928,13 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
         dp[nt][i] = p[nt][i] * (dp[nt][i] - col_delta[col]);
       }
     }
-    layout::accumulate_product<kMaxQkTiles>(dk, dp, q_span, qk_tiles, lane, Pack<T>(), Mma<T>());
+    layout::accumulate_product<kMaxQkTiles>(dk, dp, q_tile, qk_tiles, lane, ops);
     __syncthreads();
-    q_span = next_q;
-    go_span = next_go;
     cols = next_cols;
     buffer ^= 1;
   }
-
-  T* gk_b = grad_k + first * qk_dim;
-  T* gv_b = grad_v + first * v_dim;
-#pragma unroll
-  for (int dt = 0; dt < kMaxQkTiles; ++dt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
-      if (row < rows && col < qk_dim) {
-        gk_b[row * qk_dim + col] = from_acc<T>(dk[dt][i] * scale);
-      }
-    }
-  }
-#pragma unroll
-  for (int dt = 0; dt < kMaxVTiles; ++dt) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = warp_row0 + layout::c_row(lane, i), col = dt * layout::kN + layout::c_col(lane, i);
-      if (row < rows && col < v_dim) {
-        gv_b[row * v_dim + col] = from_acc<T>(dv[dt][i]);
-      }
-    }
-  }
+  store_tile<T, kMaxQkTiles>(grad_k + first * qk_dim, qk_dim, warp_row0, rows, dk, scale, scale, lane);
+  store_tile<T, kMaxVTiles>(grad_v + first * v_dim, v_dim, warp_row0, rows, dv, 1.0f, 1.0f, lane);
 #endif
 }
 

@@ -8,6 +8,7 @@
 //   consecutive elements of a row-major weight per step. Used by W x, by W_sn = W / sigma and the backward.
 // * column items: kColumnsPerItem consecutive columns over all rows (W^T y), each warp taking every 16th row
 //   and its lanes two 32-column halves, summed across warps in shared memory.
+// The streaming loops keep 16 bytes of weight loads in flight per thread (kLoadsInFlight).
 // Each product writes finished rows (or columns) of its result, so no item needs another's partial sums;
 // the normalisations are folded into the next pass, which recomputes the norm of its input vector per layer
 // (a block reduction over rows or cols of the layer, read from L2; a block recomputes it only when it
@@ -76,28 +77,45 @@ __device__ void for_each_item(const Layer* __restrict__ layers, int64_t num_laye
   }
 }
 
-// sum over i = first, first + stride, ... < count of term(i), with four independent accumulators so that four
-// loads are in flight per thread, added in a fixed order.
-template <typename acc_t, typename Term>
+// Independent loads in flight per thread in the weight-streaming loops: 16 bytes of weights (4 floats, 8
+// halves; 4 doubles), about 16 KB per SM at two blocks of 512 threads, near H100's latency-bandwidth product
+// per SM, within the 64 registers a thread has at this occupancy.
+template <typename T>
+constexpr int kLoadsInFlight = sizeof(T) == 2 ? 8 : 4;
+
+// sum over i = first, first + stride, ... < count of term(i), with kUnroll independent accumulators so that
+// kUnroll loads are in flight per thread, added in a fixed order.
+template <typename acc_t, int kUnroll, typename Term>
 __device__ __forceinline__ acc_t strided_sum(int64_t first, int64_t count, int64_t stride, const Term& term) {
-  acc_t sums[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-  int64_t i = first;
-  for (; i + 3 * stride < count; i += 4 * stride) {
+  acc_t sums[kUnroll];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < kUnroll; ++j) {
+    sums[j] = acc_t(0);
+  }
+  int64_t i = first;
+  for (; i + (kUnroll - 1) * stride < count; i += kUnroll * stride) {
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
       sums[j] += term(i + j * stride);
     }
   }
-  for (int j = 0; i < count; i += stride, ++j) {
-    sums[j] += term(i);
+  for (; i < count; i += stride) {
+    sums[0] += term(i);
   }
-  return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+#pragma unroll
+  for (int width = kUnroll / 2; width > 0; width /= 2) {
+#pragma unroll
+    for (int j = 0; j < width; ++j) {
+      sums[j] += sums[j + width];
+    }
+  }
+  return sums[0];
 }
 
 // ||x||^2 over x[0, count) by the whole block.
 template <typename acc_t, typename Element>
 __device__ acc_t block_squared_norm(int64_t count, const Element& element) {
-  return block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, count, kThreads, [&](int64_t i) {
+  return block_sum<kThreads>(strided_sum<acc_t, 4>(threadIdx.x, count, kThreads, [&](int64_t i) {
     const acc_t x = element(i);
     return x * x;
   }));
@@ -122,13 +140,14 @@ __device__ RowSlice row_slice(const Layer& layer, int64_t index) {
 }
 
 // sum over the columns of the warp's segment of its row of term(c); lanes stride the segment.
-template <typename acc_t, typename Layer, typename Term>
+template <typename T, typename acc_t, typename Layer, typename Term>
 __device__ acc_t row_segment_sum(const Layer& layer, const RowSlice& slice, const Term& term) {
   if (slice.row < 0) {
     return acc_t(0);
   }
   const int lane = threadIdx.x % 32;
-  return strided_sum<acc_t>(slice.segment * 32 + lane, layer.cols, int64_t(slice.segments) * 32, term);
+  const int64_t stride = int64_t(slice.segments) * 32;
+  return strided_sum<acc_t, kLoadsInFlight<T>>(slice.segment * 32 + lane, layer.cols, stride, term);
 }
 
 // W x for the rows of one row item, x = v (first iteration) or work_v / max(||work_v||, eps).
@@ -143,12 +162,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) rows_kernel(
   for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer, int64_t layer_index,
                                                      int64_t index) {
     if (!first_iteration && layer_index != scaled_layer) {
-      x_scale = acc_t(1) / clamped_norm(block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; }), eps);
+      const acc_t squared = block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
+      x_scale = acc_t(1) / clamped_norm(squared, eps);
       scaled_layer = layer_index;
     }
     const RowSlice slice = row_slice(layer, index);
     const T* row = layer.weight + slice.row * layer.row_stride;
-    acc_t sum = row_segment_sum<acc_t>(layer, slice, [&](int64_t c) {
+    acc_t sum = row_segment_sum<T, acc_t>(layer, slice, [&](int64_t c) {
       const acc_t x = first_iteration ? to_acc(layer.v[c]) : layer.work_v[c];
       return to_acc(row[c * layer.col_stride]) * x;
     });
@@ -183,7 +203,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) columns_kernel(
   for_each_item<Items::kColumns>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer,
                                                         int64_t layer_index, int64_t index) {
     if (layer_index != scaled_layer) {
-      y_scale = acc_t(1) / clamped_norm(block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; }), eps);
+      const acc_t squared = block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; });
+      y_scale = acc_t(1) / clamped_norm(squared, eps);
       scaled_layer = layer_index;
     }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -191,28 +212,40 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) columns_kernel(
     const T* w0 = layer.weight + col0 * layer.col_stride;
     const T* w1 = layer.weight + col1 * layer.col_stride;
     const bool has0 = col0 < layer.cols, has1 = col1 < layer.cols;
-    acc_t sum0(0), sum1(0);
-    if (has1) {
-      // Two rows a step: four loads in flight per thread.
+    // kRows rows a step, two columns each: 2 kRows loads in flight per thread.
+    constexpr int kRows = kLoadsInFlight<T> / 2;
+    acc_t sums0[kRows], sums1[kRows];
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      sums0[j] = acc_t(0);
+      sums1[j] = acc_t(0);
+    }
+    if (has0) {
       int64_t r = warp;
-      acc_t odd0(0), odd1(0);
-      for (; r + kWarps < layer.rows; r += 2 * kWarps) {
-        const acc_t y = layer.work_u[r], y_next = layer.work_u[r + kWarps];
-        sum0 += to_acc(w0[r * layer.row_stride]) * y;
-        sum1 += to_acc(w1[r * layer.row_stride]) * y;
-        odd0 += to_acc(w0[(r + kWarps) * layer.row_stride]) * y_next;
-        odd1 += to_acc(w1[(r + kWarps) * layer.row_stride]) * y_next;
+      for (; r + (kRows - 1) * kWarps < layer.rows; r += kRows * kWarps) {
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          const int64_t row = r + j * kWarps;
+          const acc_t y = layer.work_u[row];
+          sums0[j] += to_acc(w0[row * layer.row_stride]) * y;
+          if (has1) {
+            sums1[j] += to_acc(w1[row * layer.row_stride]) * y;
+          }
+        }
       }
-      if (r < layer.rows) {
-        sum0 += to_acc(w0[r * layer.row_stride]) * layer.work_u[r];
-        sum1 += to_acc(w1[r * layer.row_stride]) * layer.work_u[r];
+      for (; r < layer.rows; r += kWarps) {
+        const acc_t y = layer.work_u[r];
+        sums0[0] += to_acc(w0[r * layer.row_stride]) * y;
+        if (has1) {
+          sums1[0] += to_acc(w1[r * layer.row_stride]) * y;
+        }
       }
-      sum0 += odd0;
-      sum1 += odd1;
-    } else if (has0) {
-      sum0 = strided_sum<acc_t>(warp, layer.rows, kWarps, [&](int64_t r) {
-        return to_acc(w0[r * layer.row_stride]) * layer.work_u[r];
-      });
+    }
+    acc_t sum0(0), sum1(0);
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      sum0 += sums0[j];
+      sum1 += sums1[j];
     }
     __syncthreads();
     warp_sums[warp][lane] = sum0;
@@ -248,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
         sigma = s_squared / v_norm;
       } else {
         // Eval: sigma = u . (W v) with the given u, v (work_u = W v).
-        sigma = block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, layer.rows, kThreads, [&](int64_t r) {
+        sigma = block_sum<kThreads>(strided_sum<acc_t, 4>(threadIdx.x, layer.rows, kThreads, [&](int64_t r) {
           return to_acc(layer.u[r]) * layer.work_u[r];
         }));
       }
@@ -256,7 +289,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
     }
     if (index == 0) {
       if (n_power_iterations > 0) {
-        const acc_t u_norm = clamped_norm(block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; }), eps);
+        const acc_t t_squared = block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; });
+        const acc_t u_norm = clamped_norm(t_squared, eps);
         for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
           layer.u_out[r] = from_acc<T>(layer.work_u[r] / u_norm);
         }
@@ -280,6 +314,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
       const T* row = layer.weight + slice.row * layer.row_stride;
       T* out = layer.weight_sn + slice.row * layer.cols;
       const int64_t stride = int64_t(slice.segments) * 32;
+#pragma unroll 8
       for (int64_t c = slice.segment * 32 + threadIdx.x % 32; c < layer.cols; c += stride) {
         out[c] = from_acc<T>(to_acc(row[c * layer.col_stride]) / sigma);
       }
@@ -302,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) projection_kernel(
     const RowSlice slice = row_slice(layer, index);
     const T* g = layer.grad + slice.row * layer.grad_row_stride;
     const T* w = layer.weight + slice.row * layer.row_stride;
-    const acc_t part = row_segment_sum<acc_t>(layer, slice, [&](int64_t c) {
+    const acc_t part = row_segment_sum<T, acc_t>(layer, slice, [&](int64_t c) {
       return to_acc(g[c * layer.grad_col_stride]) * to_acc(w[c * layer.col_stride]);
     });
     const acc_t item_sum = block_sum<kThreads>(part);
@@ -325,7 +360,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) grad_weight_kernel(
     if (layer_index != projected_layer) {
       sigma = *layer.sigma;
       // <G, W_sn> = <G, W> / sigma, the blocks' parts added in block order.
-      projection = block_sum<kThreads>(strided_sum<acc_t>(threadIdx.x, gridDim.x, kThreads, [&](int64_t b) {
+      projection = block_sum<kThreads>(strided_sum<acc_t, 4>(threadIdx.x, gridDim.x, kThreads, [&](int64_t b) {
                      return partials[b * num_layers + layer_index];
                    })) /
                    sigma;
@@ -337,6 +372,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) grad_weight_kernel(
       T* out = layer.grad_weight + slice.row * layer.cols;
       const acc_t u_scaled = projection * to_acc(layer.u[slice.row]);
       const int64_t stride = int64_t(slice.segments) * 32;
+#pragma unroll 8
       for (int64_t c = slice.segment * 32 + threadIdx.x % 32; c < layer.cols; c += stride) {
         out[c] = from_acc<T>((to_acc(g[c * layer.grad_col_stride]) - u_scaled * to_acc(layer.v[c])) / sigma);
       }
@@ -394,7 +430,8 @@ cudaError_t spectral_norm_forward(
 }
 
 template <typename T>
-cudaError_t spectral_norm_backward(const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, cudaStream_t stream) {
+cudaError_t spectral_norm_backward(
+    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, cudaStream_t stream) {
   if (num_layers == 0) {
     return cudaSuccess;
   }
