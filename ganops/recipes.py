@@ -11,7 +11,9 @@ Images are the procedural shapes of :mod:`ganops.data` in ``[-1, 1]``; SeqGAN le
 ``RecipeConfig(use_reference_ops=True)`` builds the same recipe from the reference implementations: the fused
 ops on ``backend="reference"``, torch's spectral norm parametrization, and the per-parameter loops of
 :mod:`ganops.reference.training_utils` instead of the multi-tensor utilities. Both builds draw the same random
-numbers in the same order, so with one seed they train identically up to rounding (``tests/test_recipes.py``).
+numbers in the same order and have the same state_dict keys; started from one state (the spectral-norm
+power-iteration vectors of the two builds start from different iterates, so the tests load one build's state
+into the other), they train identically up to rounding (``tests/test_recipes.py``).
 
 The models are small on purpose (a few CPU minutes per demo); the recipe is the paper's training step, the
 architecture a scaled-down version of the paper's.
