@@ -275,3 +275,34 @@ def test_cycle_identity_and_policy_gradient():
     (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
     (expected_grad,) = torch.autograd.grad(expected, logits)
     assert_close(grad, expected_grad)
+
+
+def test_multi_tensor_utilities_make_one_foreach_call_per_dtype_group(monkeypatch):
+    """Two parameter dtypes (float32 conv and batch norm, float64 linear) and two buffer dtypes (float32 running
+    statistics, int64 counter): each update is one torch._foreach_* call per group, whatever the tensor count."""
+    calls: dict[str, int] = {}
+
+    def counting(name):
+        original = getattr(torch, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, wrapper)
+
+    for name in ("_foreach_lerp_", "_foreach_copy_", "_foreach_clamp_min_", "_foreach_clamp_max_", "_foreach_norm"):
+        counting(name)
+    model = _mixed_model()
+    assert len(list(model.parameters())) == 6
+    ema = ganops.ExponentialMovingAverage(model, decay=0.9)
+    ema.update(model)
+    assert calls == {"_foreach_lerp_": 2, "_foreach_copy_": 2}
+    calls.clear()
+    ganops.clip_weights_(model.parameters(), 0.1)
+    assert calls == {"_foreach_clamp_min_": 2, "_foreach_clamp_max_": 2}
+    calls.clear()
+    history = ganops.HistoricalAverage(model.parameters())
+    history.update()
+    history.penalty()
+    assert calls == {"_foreach_lerp_": 2, "_foreach_norm": 2}
