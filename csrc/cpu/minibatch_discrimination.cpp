@@ -1,7 +1,9 @@
 // CPU kernels of the minibatch-discrimination ops. The math is that of ganops/reference/minibatch_discrimination.py:
-// each task owns one (kernel b, sample i) and sweeps the samples j in tiles of kTile, so it holds kTile distances
-// and never the N x N x B x C differences. Inputs arrive as [B, C, N] accumulation-dtype copies
-// (csrc/minibatch_discrimination.h), where the sweep over j reads contiguous memory and vectorises.
+// each task owns one kernel b and visits every pair i < j once (E and Q are symmetric, S antisymmetric, so each pair
+// updates both rows), sweeping j in tiles of kTile: it holds kTile values and never the N x N x B x C differences.
+// One task per kernel keeps the order of every sum fixed whatever the thread count. Inputs arrive as [B, C, N]
+// accumulation-dtype copies (csrc/minibatch_discrimination.h), where the sweep over j reads contiguous memory and
+// vectorises.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -9,7 +11,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <tuple>
 
 #include "../minibatch_discrimination.h"
@@ -24,12 +25,7 @@ acc_t sign_of(acc_t v) {
   return static_cast<acc_t>((v > acc_t(0)) - (v < acc_t(0)));
 }
 
-// Tasks per parallel chunk: about 64k pair-coordinate operations, and the same for every thread count.
-int64_t grain_of(const MinibatchDiscriminationShape& shape) {
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, shape.N * shape.C));
-}
-
-// distance[t] = sum_c |x[b, c, i] - x[b, c, j0 + t]| for t < len.
+// distance[t] = sum_c |x_b[c, i] - x_b[c, j0 + t]| for t < len.
 template <typename acc_t>
 void distances(const acc_t* x_b, int64_t N, int64_t C, int64_t i, int64_t j0, int64_t len, acc_t* distance) {
   std::fill(distance, distance + len, acc_t(0));
@@ -42,112 +38,112 @@ void distances(const acc_t* x_b, int64_t N, int64_t C, int64_t i, int64_t j0, in
   }
 }
 
-// grad[b, c, i] += sum_t weight[t] * sign(x[b, c, i] - x[b, c, j0 + t]) for every c.
+// For every c, with s_t = weight[t] * sign(x_b[c, i] - x_b[c, j0 + t]): grad_b[c, i] += sum_t s_t and
+// grad_b[c, j0 + t] -= s_t (S is antisymmetric, so the pair (j, i) contributes the opposite sign).
 template <typename acc_t>
-void add_signed_sums(
+void add_pair_terms(
     const acc_t* x_b, int64_t N, int64_t C, int64_t i, int64_t j0, int64_t len, const acc_t* weight, acc_t* grad_b) {
   for (int64_t c = 0; c < C; ++c) {
     const acc_t* row = x_b + c * N;
+    acc_t* grad_row = grad_b + c * N;
     const acc_t x_i = row[i];
     acc_t sum(0);
     for (int64_t t = 0; t < len; ++t) {
-      sum += weight[t] * sign_of(x_i - row[j0 + t]);
+      const acc_t term = weight[t] * sign_of(x_i - row[j0 + t]);
+      sum += term;
+      grad_row[j0 + t] -= term;
     }
-    grad_b[c * N + i] += sum;
+    grad_row[i] += sum;
   }
 }
 
-// o[b, i] = sum_j exp(-D_ijb), without j = i if exclude_self.
+// Runs pair_tile(i, j0, len) over the pairs i < j of every kernel b, one task per kernel, in a fixed order.
+template <typename Fn>
+void for_each_pair_tile(const MinibatchDiscriminationShape& s, const Fn& pair_tile) {
+  at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t i = 0; i < s.N; ++i) {
+        for (int64_t j0 = i + 1; j0 < s.N; j0 += kTile) {
+          pair_tile(b, i, j0, std::min(kTile, s.N - j0));
+        }
+      }
+    }
+  });
+}
+
+// o[b, i] = sum_j exp(-D_ijb), without j = i if exclude_self. E is symmetric: each pair i < j is computed once
+// and added to both rows. o starts at zero.
 template <typename acc_t>
 void forward_kernel(const acc_t* x, acc_t* o, const MinibatchDiscriminationShape& s, bool exclude_self) {
-  at::parallel_for(0, s.B * s.N, grain_of(s), [&](int64_t begin, int64_t end) {
-    acc_t distance[kTile];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.N, i = task % s.N;
-      const acc_t* x_b = x + b * s.C * s.N;
-      acc_t total(0);
-      for (int64_t j0 = 0; j0 < s.N; j0 += kTile) {
-        const int64_t len = std::min(kTile, s.N - j0);
-        distances(x_b, s.N, s.C, i, j0, len, distance);
-        if (exclude_self && i >= j0 && i < j0 + len) {
-          // exp(-inf) = 0 leaves the term out; subtracting exp(0) = 1 afterwards would round away small sums.
-          distance[i - j0] = std::numeric_limits<acc_t>::infinity();
-        }
-        acc_t tile(0);
-        for (int64_t t = 0; t < len; ++t) {
-          tile += std::exp(-distance[t]);
-        }
-        total += tile;
-      }
-      o[b * s.N + i] = total;
+  if (!exclude_self) {
+    std::fill(o, o + s.B * s.N, acc_t(1));
+  }
+  for_each_pair_tile(s, [&](int64_t b, int64_t i, int64_t j0, int64_t len) {
+    acc_t similarity[kTile];
+    distances(x + b * s.C * s.N, s.N, s.C, i, j0, len, similarity);
+    acc_t* o_b = o + b * s.N;
+    acc_t sum(0);
+    for (int64_t t = 0; t < len; ++t) {
+      const acc_t e = std::exp(-similarity[t]);
+      sum += e;
+      o_b[j0 + t] += e;
     }
+    o_b[i] += sum;
   });
 }
 
 // grad[b, c, i] = -sum_j (g_ib + g_jb) E_ijb S_ijbc; grad starts at zero.
 template <typename acc_t>
 void backward_kernel(const acc_t* g, const acc_t* x, acc_t* grad, const MinibatchDiscriminationShape& s) {
-  at::parallel_for(0, s.B * s.N, grain_of(s), [&](int64_t begin, int64_t end) {
+  for_each_pair_tile(s, [&](int64_t b, int64_t i, int64_t j0, int64_t len) {
     acc_t weight[kTile];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.N, i = task % s.N;
-      const acc_t* x_b = x + b * s.C * s.N;
-      const acc_t* g_b = g + b * s.N;
-      for (int64_t j0 = 0; j0 < s.N; j0 += kTile) {
-        const int64_t len = std::min(kTile, s.N - j0);
-        distances(x_b, s.N, s.C, i, j0, len, weight);
-        for (int64_t t = 0; t < len; ++t) {
-          weight[t] = -(g_b[i] + g_b[j0 + t]) * std::exp(-weight[t]);
-        }
-        add_signed_sums(x_b, s.N, s.C, i, j0, len, weight, grad + b * s.C * s.N);
-      }
+    const acc_t* x_b = x + b * s.C * s.N;
+    const acc_t* g_b = g + b * s.N;
+    distances(x_b, s.N, s.C, i, j0, len, weight);
+    for (int64_t t = 0; t < len; ++t) {
+      weight[t] = -(g_b[i] + g_b[j0 + t]) * std::exp(-weight[t]);
     }
+    add_pair_terms(x_b, s.N, s.C, i, j0, len, weight, grad + b * s.C * s.N);
   });
 }
 
-// With Q_ijb = sum_c (gg_ibc - gg_jbc) S_ijbc: grad_g[b, i] = -sum_j E Q and
-// grad[b, c, i] = sum_j (g_ib + g_jb) E Q S_ijbc; grad starts at zero.
+// With Q_ijb = sum_c (gg_ibc - gg_jbc) S_ijbc (symmetric in i, j): grad_g[b, i] = -sum_j E Q and
+// grad[b, c, i] = sum_j (g_ib + g_jb) E Q S_ijbc; both start at zero.
 template <typename acc_t>
 void double_backward_kernel(
     const acc_t* gg, const acc_t* g, const acc_t* x, acc_t* grad_g, acc_t* grad, const MinibatchDiscriminationShape& s) {
-  at::parallel_for(0, s.B * s.N, grain_of(s), [&](int64_t begin, int64_t end) {
+  for_each_pair_tile(s, [&](int64_t b, int64_t i, int64_t j0, int64_t len) {
     acc_t weight[kTile], q[kTile];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.N, i = task % s.N;
-      const acc_t* x_b = x + b * s.C * s.N;
-      const acc_t* gg_b = gg + b * s.C * s.N;
-      const acc_t* g_b = g + b * s.N;
-      acc_t grad_g_i(0);
-      for (int64_t j0 = 0; j0 < s.N; j0 += kTile) {
-        const int64_t len = std::min(kTile, s.N - j0);
-        distances(x_b, s.N, s.C, i, j0, len, weight);
-        std::fill(q, q + len, acc_t(0));
-        for (int64_t c = 0; c < s.C; ++c) {
-          const acc_t* row = x_b + c * s.N;
-          const acc_t* gg_row = gg_b + c * s.N;
-          const acc_t x_i = row[i], gg_i = gg_row[i];
-          for (int64_t t = 0; t < len; ++t) {
-            q[t] += (gg_i - gg_row[j0 + t]) * sign_of(x_i - row[j0 + t]);
-          }
-        }
-        acc_t tile(0);
-        for (int64_t t = 0; t < len; ++t) {
-          const acc_t eq = std::exp(-weight[t]) * q[t];
-          tile += eq;
-          weight[t] = (g_b[i] + g_b[j0 + t]) * eq;
-        }
-        grad_g_i -= tile;
-        add_signed_sums(x_b, s.N, s.C, i, j0, len, weight, grad + b * s.C * s.N);
+    const acc_t* x_b = x + b * s.C * s.N;
+    const acc_t* gg_b = gg + b * s.C * s.N;
+    const acc_t* g_b = g + b * s.N;
+    acc_t* grad_g_b = grad_g + b * s.N;
+    distances(x_b, s.N, s.C, i, j0, len, weight);
+    std::fill(q, q + len, acc_t(0));
+    for (int64_t c = 0; c < s.C; ++c) {
+      const acc_t* row = x_b + c * s.N;
+      const acc_t* gg_row = gg_b + c * s.N;
+      const acc_t x_i = row[i], gg_i = gg_row[i];
+      for (int64_t t = 0; t < len; ++t) {
+        q[t] += (gg_i - gg_row[j0 + t]) * sign_of(x_i - row[j0 + t]);
       }
-      grad_g[b * s.N + i] = grad_g_i;
     }
+    acc_t sum(0);
+    for (int64_t t = 0; t < len; ++t) {
+      const acc_t eq = std::exp(-weight[t]) * q[t];
+      sum += eq;
+      grad_g_b[j0 + t] -= eq;
+      weight[t] = (g_b[i] + g_b[j0 + t]) * eq;
+    }
+    grad_g_b[i] -= sum;
+    add_pair_terms(x_b, s.N, s.C, i, j0, len, weight, grad + b * s.C * s.N);
   });
 }
 
 at::Tensor minibatch_discrimination_cpu(const at::Tensor& m, bool exclude_self) {
   const auto shape = check_minibatch_discrimination_input("ganops::minibatch_discrimination_cpp", m);
   const auto x = samples_last(m);
-  auto o = at::empty({shape.B, shape.N}, x.options());
+  auto o = at::zeros({shape.B, shape.N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibatch_discrimination_cpu", [&] {
     forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), o.mutable_data_ptr<scalar_t>(), shape, exclude_self);
   });
@@ -174,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor> minibatch_discrimination_double_backward_cpu(
   check_like_m(op, "grad_o", grad_o, m, {shape.N, shape.B});
   check_like_m(op, "grad_grad_m", grad_grad_m, m, m.sizes());
   const auto x = samples_last(m), g = samples_last(grad_o), gg = samples_last(grad_grad_m);
-  auto grad_g = at::empty_like(g);
+  auto grad_g = at::zeros_like(g);
   auto grad = at::zeros_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "minibatch_discrimination_double_backward_cpu", [&] {
     double_backward_kernel<scalar_t>(
