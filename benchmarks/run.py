@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import harness
 
-OPS = ("minibatch_stddev", "spectral_norm", "attention", "gradient_penalty")
+OPS = ("minibatch_stddev", "spectral_norm", "attention", "gradient_penalty", "minibatch_discrimination")
 RANKINGS_PATH = Path(__file__).resolve().parents[1] / "ganops" / "measured_rankings.json"
 
 

@@ -48,11 +48,16 @@ class _StorageAccounting(TorchDispatchMode):
         entry[1] += 1
         weakref.finalize(tensor, self._tensor_died, key)
 
+    @staticmethod
+    def _holds_memory(value) -> bool:
+        # Autograd's zero tensors (the gradient of sign, abs at 0, ...) have no storage to count or to key on.
+        return isinstance(value, torch.Tensor) and not value._is_zerotensor()
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        input_keys = {self._key(value) for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)}
+        input_keys = {self._key(value) for value in tree_flatten((args, kwargs))[0] if self._holds_memory(value)}
         for value in tree_flatten(result)[0]:
-            if isinstance(value, torch.Tensor):
+            if self._holds_memory(value):
                 self._track(value, input_keys)
         return result
 
