@@ -5,7 +5,7 @@ then unavailable (``python -m ganops info`` says why).
 """
 
 from ganops import nn  # first: ganops.nn re-exports from ganops.conversion, which imports ganops.nn
-from ganops import data, losses, models
+from ganops import data, losses, models, recipes
 from ganops._backend import BACKENDS, unavailable_reason, use_backend
 from ganops.ops.attention import attention
 from ganops.ops.gradient_penalty import NonFiniteGradientError, gradient_norm_penalty, gradient_penalty
@@ -37,6 +37,7 @@ __all__ = [
     "minibatch_stddev",
     "models",
     "nn",
+    "recipes",
     "remove_spectral_norm",
     "spectral_norm",
     "unavailable_reason",
