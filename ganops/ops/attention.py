@@ -197,6 +197,7 @@ def _flatten_batch(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+@torch.compiler.assume_constant_result  # Dynamo cannot trace the fp32_precision getter: read it at trace time
 def _matmul_allows_tf32() -> bool:
     """torch's float32-matmul precision setting: the ``fp32_precision`` API where torch has it (reading the legacy
     ``allow_tf32`` raises once a user has mixed the two APIs), the legacy flag before."""
