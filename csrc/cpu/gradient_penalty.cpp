@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -24,8 +25,8 @@ using namespace gradient_penalty;
 
 // Elements per parallel task.
 constexpr int64_t kBlock = 16384;
-// Independent accumulators of the row sums: they break the dependency chain of one running sum, so the compiler
-// vectorises the loop, and each one sums only a few hundred elements of a chunk (float32 rounding stays small).
+// Independent accumulators of the row sums, in wide_sum_t (double, csrc/common.h) so that the error of q_n and d_n
+// does not grow with D: they break the dependency chain of one running sum, so the compiler vectorises the loop.
 constexpr int64_t kLanes = 16;
 constexpr int64_t kChunk = 4096;
 
@@ -42,28 +43,29 @@ void parallel_over_blocks(int64_t N, int64_t D, const Body& body) {
 }
 
 // sum of g[i]^2 and (WithDot) of g[i] * other[i] over [begin, end), in a fixed order.
-template <bool WithDot, typename scalar_t, typename acc_t>
-void sum_range(const scalar_t* g, const scalar_t* other, int64_t begin, int64_t end, acc_t& squared, acc_t& dot) {
-  squared = acc_t(0);
-  dot = acc_t(0);
+template <bool WithDot, typename scalar_t>
+void sum_range(
+    const scalar_t* g, const scalar_t* other, int64_t begin, int64_t end, wide_sum_t& squared, wide_sum_t& dot) {
+  squared = wide_sum_t(0);
+  dot = wide_sum_t(0);
   for (int64_t chunk = begin; chunk < end; chunk += kChunk) {
     const int64_t chunk_end = std::min(end, chunk + kChunk);
-    acc_t lane_squared[kLanes] = {}, lane_dot[kLanes] = {};
+    wide_sum_t lane_squared[kLanes] = {}, lane_dot[kLanes] = {};
     int64_t i = chunk;
     for (; i + kLanes <= chunk_end; i += kLanes) {
       for (int64_t l = 0; l < kLanes; ++l) {
-        const acc_t v = static_cast<acc_t>(g[i + l]);
+        const wide_sum_t v = static_cast<wide_sum_t>(g[i + l]);
         lane_squared[l] += v * v;
         if constexpr (WithDot) {
-          lane_dot[l] += v * static_cast<acc_t>(other[i + l]);
+          lane_dot[l] += v * static_cast<wide_sum_t>(other[i + l]);
         }
       }
     }
     for (int64_t l = 0; i < chunk_end; ++i, ++l) {
-      const acc_t v = static_cast<acc_t>(g[i]);
+      const wide_sum_t v = static_cast<wide_sum_t>(g[i]);
       lane_squared[l] += v * v;
       if constexpr (WithDot) {
-        lane_dot[l] += v * static_cast<acc_t>(other[i]);
+        lane_dot[l] += v * static_cast<wide_sum_t>(other[i]);
       }
     }
     for (int64_t l = 0; l < kLanes; ++l) {
@@ -74,15 +76,15 @@ void sum_range(const scalar_t* g, const scalar_t* other, int64_t begin, int64_t 
 }
 
 // q_n = sum_d g[n, d]^2 and, if other is given, d_n = sum_d g[n, d] * other[n, d].
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t>
 void row_sums(
-    const scalar_t* g, const scalar_t* other, int64_t N, int64_t D, std::vector<acc_t>& squared,
-    std::vector<acc_t>& dot) {
+    const scalar_t* g, const scalar_t* other, int64_t N, int64_t D, std::vector<wide_sum_t>& squared,
+    std::vector<wide_sum_t>& dot) {
   const int64_t blocks = ceil_div(D, kBlock);
-  std::vector<acc_t> partial_squared(N * blocks), partial_dot(other != nullptr ? N * blocks : 0);
+  std::vector<wide_sum_t> partial_squared(N * blocks), partial_dot(other != nullptr ? N * blocks : 0);
   parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
     const int64_t task = n * blocks + begin / kBlock;
-    acc_t block_squared, block_dot;
+    wide_sum_t block_squared, block_dot;
     if (other != nullptr) {
       sum_range<true>(g + n * D, other + n * D, begin, end, block_squared, block_dot);
       partial_dot[task] = block_dot;
@@ -91,8 +93,8 @@ void row_sums(
     }
     partial_squared[task] = block_squared;
   });
-  squared.assign(N, acc_t(0));
-  dot.assign(other != nullptr ? N : 0, acc_t(0));
+  squared.assign(N, wide_sum_t(0));
+  dot.assign(other != nullptr ? N : 0, wide_sum_t(0));
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < blocks; ++b) {
       squared[n] += partial_squared[n * blocks + b];
@@ -103,31 +105,40 @@ void row_sums(
   }
 }
 
-// k_n and m_n of the reference docstring.
+// A sample with a NaN or infinite element has a NaN penalty and NaN derivatives (the reference docstring). In the
+// wide sum q_n is infinite only then: no float32 (or narrower) square overflows a double.
+template <typename acc_t>
+acc_t nan_unless_finite(acc_t squared) {
+  return std::isfinite(squared) ? squared : std::numeric_limits<acc_t>::quiet_NaN();
+}
+
+// k_n, (2 / N) c / s_n and 1 / s_n of the reference docstring (m_n d_n g_n is applied as
+// ((2 / N) c / s_n) <u_n, gg_n> u_n with u_n = g_n / s_n, in range for tiny and huge s_n).
 template <typename acc_t>
 struct Coefficients {
-  acc_t k, m;
+  acc_t k, curvature, inverse;
 };
 
 template <typename acc_t>
 Coefficients<acc_t> coefficients(acc_t squared, acc_t center, bool one_sided, int64_t N) {
-  const acc_t norm = std::sqrt(squared);
-  const acc_t inverse = norm > 0 ? acc_t(1) / norm : acc_t(0);
+  const acc_t norm = std::sqrt(nan_unless_finite(squared));
+  const acc_t inverse = norm == 0 ? acc_t(0) : acc_t(1) / norm;
   const acc_t two_over_n = acc_t(2) / static_cast<acc_t>(N);
-  if (one_sided && !(norm > center)) {
-    return {acc_t(0), acc_t(0)};
+  if (one_sided && norm <= center) {  // false for NaN: a NaN sample stays NaN
+    return {acc_t(0), acc_t(0), inverse};
   }
-  return {two_over_n * (acc_t(1) - center * inverse), two_over_n * center * inverse * inverse * inverse};
+  return {two_over_n * (acc_t(1) - center * inverse), two_over_n * center * inverse, inverse};
 }
 
 template <typename acc_t>
 acc_t penalty_of(acc_t squared, acc_t center, bool one_sided) {
+  squared = nan_unless_finite(squared);
   if (center == 0) {
     return squared;  // h(s) = s^2 exactly, without the square root
   }
   acc_t distance = std::sqrt(squared) - center;
-  if (one_sided) {
-    distance = std::max(distance, acc_t(0));
+  if (one_sided && distance < 0) {  // NaN stays NaN
+    distance = acc_t(0);
   }
   return distance * distance;
 }
@@ -139,14 +150,13 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_
   const int64_t N = rows.size(0), D = rows.size(1);
   at::Tensor out = at::empty({}, grad.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    std::vector<acc_t> squared, unused;
-    row_sums<scalar_t, acc_t>(rows.const_data_ptr<scalar_t>(), nullptr, N, D, squared, unused);
-    acc_t total(0);
+    std::vector<wide_sum_t> squared, unused;
+    row_sums<scalar_t>(rows.const_data_ptr<scalar_t>(), nullptr, N, D, squared, unused);
+    wide_sum_t total = 0;
     for (int64_t n = 0; n < N; ++n) {
-      total += penalty_of(squared[n], static_cast<acc_t>(center), one_sided);
+      total += penalty_of<wide_sum_t>(squared[n], center, one_sided);
     }
-    out.fill_(static_cast<double>(total / static_cast<acc_t>(N)));
+    out.fill_(total / static_cast<wide_sum_t>(N));
   });
   return out;
 }
@@ -163,13 +173,14 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::T
     using acc_t = acc_type<scalar_t>;
     const scalar_t* g = rows.const_data_ptr<scalar_t>();
     scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
-    std::vector<acc_t> squared, unused;
-    row_sums<scalar_t, acc_t>(g, nullptr, N, D, squared, unused);
+    std::vector<wide_sum_t> squared, unused;
+    row_sums<scalar_t>(g, nullptr, N, D, squared, unused);
     const acc_t go = grad_out.item().to<acc_t>();
     parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
-      const acc_t scale = go * coefficients(squared[n], static_cast<acc_t>(center), one_sided, N).k;
+      // k_n (about c / s_n) leaves float32's range for a subnormal g_n while k_n g_n does not: multiplied wide.
+      const wide_sum_t scale = static_cast<wide_sum_t>(go) * coefficients<wide_sum_t>(squared[n], center, one_sided, N).k;
       for (int64_t i = n * D + begin; i < n * D + end; ++i) {
-        result[i] = static_cast<scalar_t>(scale * static_cast<acc_t>(g[i]));
+        result[i] = static_cast<scalar_t>(scale * static_cast<wide_sum_t>(g[i]));
       }
     });
   });
@@ -193,19 +204,22 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
         const scalar_t* g = rows.const_data_ptr<scalar_t>();
         const scalar_t* gg = gg_rows.const_data_ptr<scalar_t>();
         scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
-        std::vector<acc_t> squared, dot;
-        row_sums<scalar_t, acc_t>(g, gg, N, D, squared, dot);
+        std::vector<wide_sum_t> squared, dot;
+        row_sums<scalar_t>(g, gg, N, D, squared, dot);
         const acc_t go = grad_out.item().to<acc_t>();
-        acc_t total(0);
+        wide_sum_t total = 0;
         for (int64_t n = 0; n < N; ++n) {
-          total += coefficients(squared[n], static_cast<acc_t>(center), one_sided, N).k * dot[n];
+          total += coefficients<wide_sum_t>(squared[n], center, one_sided, N).k * dot[n];
         }
-        grad_grad_out.fill_(static_cast<double>(total));
+        grad_grad_out.fill_(total);
         parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
-          const auto c = coefficients(squared[n], static_cast<acc_t>(center), one_sided, N);
-          const acc_t along_gg = go * c.k, along_g = go * c.m * dot[n];
+          const auto c = coefficients<wide_sum_t>(squared[n], center, one_sided, N);
+          // As in the backward, k_n and 1 / s_n may leave float32's range where the products do not.
+          const wide_sum_t along_gg = static_cast<wide_sum_t>(go) * c.k;
+          const wide_sum_t along_unit = static_cast<wide_sum_t>(go) * c.curvature * (dot[n] * c.inverse);
           for (int64_t i = n * D + begin; i < n * D + end; ++i) {
-            result[i] = static_cast<scalar_t>(along_gg * static_cast<acc_t>(gg[i]) + along_g * static_cast<acc_t>(g[i]));
+            result[i] = static_cast<scalar_t>(
+                along_gg * static_cast<wide_sum_t>(gg[i]) + along_unit * (static_cast<wide_sum_t>(g[i]) * c.inverse));
           }
         });
       });

@@ -1,6 +1,8 @@
 // CPU kernels of the minibatch-stddev ops. The math is that of ganops/reference/minibatch_stddev.py:
 // every kernel makes one pass over the K positions of each (slot m, statistic f) pair, computing the
 // exact two-pass mean and variance over the G group members of each position from values still in cache.
+// The means over the K positions (the statistic, t of the double backward) and the sums of grad_out's
+// statistic channels are accumulated in wide_sum_t (double, csrc/common.h), so their error does not grow with K.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -46,19 +48,19 @@ void for_each_tile(
 }
 
 // Runs body(m, f, block) over every block of every (m, f) pair in parallel and returns, per pair, the sum
-// of the values body returned for its blocks, added in block order.
-template <typename acc_t, typename Body>
-std::vector<acc_t> parallel_over_blocks(const MinibatchStddevGeometry& geo, const Body& body) {
+// of the values body returned for its blocks, added in block order (all in wide_sum_t, see common.h).
+template <typename Body>
+std::vector<wide_sum_t> parallel_over_blocks(const MinibatchStddevGeometry& geo, const Body& body) {
   const int64_t pairs = geo.M * geo.F;
   const int64_t blocks = ceil_div(geo.K, kBlock);
-  std::vector<acc_t> partial(pairs * blocks);
+  std::vector<wide_sum_t> partial(pairs * blocks);
   at::parallel_for(0, pairs * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / blocks;
       partial[task] = body(pair / geo.F, pair % geo.F, task % blocks);
     }
   });
-  std::vector<acc_t> total(pairs, acc_t(0));
+  std::vector<wide_sum_t> total(pairs, 0.0);
   for (int64_t pair = 0; pair < pairs; ++pair) {
     for (int64_t b = 0; b < blocks; ++b) {
       total[pair] += partial[pair * blocks + b];
@@ -68,20 +70,20 @@ std::vector<acc_t> parallel_over_blocks(const MinibatchStddevGeometry& geo, cons
 }
 
 // gs[m * F + f] = sum over (g, h, w) of grad_out[g * M + m, C + f, h, w].
-template <typename scalar_t, typename acc_t>
-std::vector<acc_t> grad_of_statistic(const at::Tensor& grad_out, const MinibatchStddevGeometry& geo) {
+template <typename scalar_t>
+std::vector<wide_sum_t> grad_of_statistic(const at::Tensor& grad_out, const MinibatchStddevGeometry& geo) {
   const scalar_t* data = grad_out.const_data_ptr<scalar_t>();
   const Strides4 s = strides_of(grad_out);
-  std::vector<acc_t> gs(geo.M * geo.F);
+  std::vector<wide_sum_t> gs(geo.M * geo.F);
   at::parallel_for(0, geo.M * geo.F, 1, [&](int64_t begin, int64_t end) {
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t m = pair / geo.F, f = pair % geo.F;
-      acc_t sum(0);
+      wide_sum_t sum = 0;
       for (int64_t g = 0; g < geo.G; ++g) {
         const scalar_t* plane = data + (g * geo.M + m) * s.n + (geo.C + f) * s.c;
         for (int64_t h = 0; h < geo.H; ++h) {
           for (int64_t w = 0; w < geo.W; ++w) {
-            sum += static_cast<acc_t>(plane[h * s.h + w * s.w]);
+            sum += static_cast<wide_sum_t>(plane[h * s.h + w * s.w]);
           }
         }
       }
@@ -92,15 +94,16 @@ std::vector<acc_t> grad_of_statistic(const at::Tensor& grad_out, const Minibatch
 }
 
 // out[n, C + f, :, :] = value[(n % M) * F + f].
-template <typename scalar_t, typename acc_t>
-void fill_statistic_channels(at::Tensor& out, const MinibatchStddevGeometry& geo, const std::vector<acc_t>& value) {
+template <typename scalar_t>
+void fill_statistic_channels(
+    at::Tensor& out, const MinibatchStddevGeometry& geo, const std::vector<wide_sum_t>& value) {
   scalar_t* data = out.mutable_data_ptr<scalar_t>();
   const Strides4 s = strides_of(out);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, geo.H * geo.W));
   at::parallel_for(0, geo.N * geo.F, grain, [&](int64_t begin, int64_t end) {
     for (int64_t nf = begin; nf < end; ++nf) {
       const int64_t n = nf / geo.F, f = nf % geo.F;
-      const scalar_t v = static_cast<scalar_t>(value[(n % geo.M) * geo.F + f]);
+      const scalar_t v = static_cast<scalar_t>(static_cast<acc_type<scalar_t>>(value[(n % geo.M) * geo.F + f]));
       scalar_t* plane = data + n * s.n + (geo.C + f) * s.c;
       for (int64_t h = 0; h < geo.H; ++h) {
         for (int64_t w = 0; w < geo.W; ++w) {
@@ -121,9 +124,9 @@ void forward_kernel(const at::Tensor& x, at::Tensor& out, const MinibatchStddevG
   const int64_t G = geo.G;
   const acc_t eps = static_cast<acc_t>(eps_);
 
-  auto stat = parallel_over_blocks<acc_t>(geo, [&](int64_t m, int64_t f, int64_t block) {
+  auto stat = parallel_over_blocks(geo, [&](int64_t m, int64_t f, int64_t block) {
     acc_t mean[kTile], var[kTile];
-    acc_t block_sum(0);
+    wide_sum_t block_sum = 0;
     for_each_tile(walk, geo.K, m, f, block, [&](int64_t len, const int64_t* offsets) {
       std::fill(mean, mean + len, acc_t(0));
       std::fill(var, var + len, acc_t(0));
@@ -146,18 +149,14 @@ void forward_kernel(const at::Tensor& x, at::Tensor& out, const MinibatchStddevG
           var[i] += d * d;
         }
       }
-      // Summing each tile on its own before adding it to the block keeps the float32 rounding error of
-      // the mean over K positions close to that of a pairwise sum.
-      acc_t tile_sum(0);
       for (int64_t i = 0; i < len; ++i) {
-        tile_sum += std::sqrt(var[i] / G + eps);
+        block_sum += static_cast<wide_sum_t>(std::sqrt(var[i] / G + eps));
       }
-      block_sum += tile_sum;
     });
     return block_sum;
   });
-  for (acc_t& s : stat) {
-    s /= static_cast<acc_t>(geo.K);
+  for (wide_sum_t& s : stat) {
+    s /= static_cast<wide_sum_t>(geo.K);
   }
   fill_statistic_channels<scalar_t>(out, geo, stat);
 }
@@ -174,15 +173,14 @@ void backward_kernel(
   const OperandStrides &xs = walk.operand[0], &gos = walk.operand[1], &gxs = walk.operand[2];
   const int64_t G = geo.G;
   const acc_t eps = static_cast<acc_t>(eps_);
-  const acc_t fan_in = static_cast<acc_t>(G * geo.K);
-  const auto gs = grad_of_statistic<scalar_t, acc_t>(grad_out, geo);
+  const auto gs = grad_of_statistic<scalar_t>(grad_out, geo);
 
   const int64_t blocks = ceil_div(geo.K, kBlock);
   at::parallel_for(0, geo.M * geo.F * blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t mean[kTile], scale[kTile];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / blocks;
-      const acc_t coef = gs[pair] / fan_in;
+      const acc_t coef = static_cast<acc_t>(gs[pair] / static_cast<wide_sum_t>(G * geo.K));
       for_each_tile(walk, geo.K, pair / geo.F, pair % geo.F, task % blocks, [&](int64_t len, const int64_t* offsets) {
         std::fill(mean, mean + len, acc_t(0));
         std::fill(scale, scale + len, acc_t(0));
@@ -235,13 +233,13 @@ void double_backward_kernel(
   const int64_t G = geo.G;
   const acc_t eps = static_cast<acc_t>(eps_);
   const acc_t fan_in = static_cast<acc_t>(G * geo.K);
-  const auto gs = grad_of_statistic<scalar_t, acc_t>(grad_out, geo);
+  const auto gs = grad_of_statistic<scalar_t>(grad_out, geo);
 
-  auto t = parallel_over_blocks<acc_t>(geo, [&](int64_t m, int64_t f, int64_t block) {
+  auto t = parallel_over_blocks(geo, [&](int64_t m, int64_t f, int64_t block) {
     // Per position: mean of x, then sum_g gg -> mean_g(a), sum_g gg * d -> the projection, 1 / (G K sd).
     acc_t mean[kTile], mean_a[kTile], projection[kTile], inv[kTile];
-    const acc_t gsv = gs[m * geo.F + f];
-    acc_t block_sum(0);
+    const acc_t gsv = static_cast<acc_t>(gs[m * geo.F + f]);
+    wide_sum_t block_sum = 0;
     for_each_tile(walk, geo.K, m, f, block, [&](int64_t len, const int64_t* offsets) {
       std::fill(mean, mean + len, acc_t(0));
       std::fill(mean_a, mean_a + len, acc_t(0));
@@ -271,14 +269,12 @@ void double_backward_kernel(
           projection[i] += d * static_cast<acc_t>(ggg[i * ggs.dim[2]]);
         }
       }
-      acc_t tile_sum(0);
       for (int64_t i = 0; i < len; ++i) {
         const acc_t sd = std::sqrt(inv[i] / G + eps);
         inv[i] = acc_t(1) / (fan_in * sd);
-        tile_sum += projection[i] * inv[i];
+        block_sum += static_cast<wide_sum_t>(projection[i] * inv[i]);
         projection[i] = gsv * projection[i] / (G * (sd * sd));
       }
-      block_sum += tile_sum;
       for (int64_t g = 0; g < G; ++g) {
         const scalar_t* xg = x_data + offsets[0] + g * xs.member;
         const scalar_t* ggg = gg_data + offsets[1] + g * ggs.member;

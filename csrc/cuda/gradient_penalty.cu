@@ -5,7 +5,9 @@
 // 2. row_coefficients_kernel: one thread per row adds its partials in slice order and computes k_n, m_n d_n and
 //    k_n d_n (backward passes), or the value kernel does the same per row and reduces h(s_n) over the batch.
 // 3. An elementwise grid-stride kernel writes grad_g from the per-row coefficients.
-// Every reduction has a fixed order and shape, so results are deterministic.
+// Every reduction has a fixed order and shape, so results are deterministic. Sums over a row, and over the rows,
+// are carried in wide_sum_t (double, csrc/common.h), so their error does not grow with D; only the per-slice
+// partials are stored in acc_type<T>.
 #include "gradient_penalty.h"
 
 #include <algorithm>
@@ -47,9 +49,9 @@ __global__ void partial_sums_kernel(
   const int64_t n = task / slices.splits, s = task % slices.splits;
   const int64_t begin = s * slices.span;
   const int64_t end = begin + slices.span < D ? begin + slices.span : D;
-  acc_t squares(0), products(0);
+  wide_sum_t squares = 0, products = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const acc_t v = to_acc(g[n * D + i]);
+    const wide_sum_t v = to_acc(g[n * D + i]);
     squares += v * v;
     if (WithDot) {
       products += v * to_acc(other[n * D + i]);
@@ -57,19 +59,19 @@ __global__ void partial_sums_kernel(
   }
   squares = block_sum<kThreads>(squares);
   if (threadIdx.x == 0) {
-    partial_squared[task] = squares;
+    partial_squared[task] = static_cast<acc_t>(squares);
   }
   if (WithDot) {
     products = block_sum<kThreads>(products);
     if (threadIdx.x == 0) {
-      partial_dot[task] = products;
+      partial_dot[task] = static_cast<acc_t>(products);
     }
   }
 }
 
 template <typename acc_t>
-__device__ __forceinline__ acc_t row_total(const acc_t* partial, int64_t n, int64_t splits) {
-  acc_t total(0);
+__device__ __forceinline__ wide_sum_t row_total(const acc_t* partial, int64_t n, int64_t splits) {
+  wide_sum_t total = 0;
   for (int64_t s = 0; s < splits; ++s) {
     total += partial[n * splits + s];
   }
@@ -93,22 +95,22 @@ __device__ __forceinline__ void coefficients(
 // out = mean_n h(s_n); one block.
 template <typename T>
 __global__ void penalty_value_kernel(
-    const acc_type<T>* __restrict__ partial_squared, int64_t N, int64_t splits, acc_type<T> center, bool one_sided,
+    const acc_type<T>* __restrict__ partial_squared, int64_t N, int64_t splits, double center, bool one_sided,
     T* __restrict__ out) {
   using acc_t = acc_type<T>;
-  acc_t total(0);
+  wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
-    const acc_t squared = row_total(partial_squared, n, splits);
-    acc_t distance = sqrt(squared) - center;
+    const wide_sum_t squared = row_total(partial_squared, n, splits);
+    wide_sum_t distance = sqrt(squared) - center;
     if (one_sided) {
-      distance = distance > acc_t(0) ? distance : acc_t(0);
+      distance = distance > 0 ? distance : 0;
     }
     // centre 0: q itself, h(s) = s^2 exactly without the square root.
-    total += center == acc_t(0) ? squared : distance * distance;
+    total += center == 0 ? squared : distance * distance;
   }
   total = block_sum<kThreads>(total);
   if (threadIdx.x == 0) {
-    out[0] = from_acc<T>(total / static_cast<acc_t>(N));
+    out[0] = from_acc<T>(static_cast<acc_t>(total / static_cast<wide_sum_t>(N)));
   }
 }
 
@@ -116,34 +118,33 @@ __global__ void penalty_value_kernel(
 template <typename T>
 __global__ void row_coefficients_kernel(
     const acc_type<T>* __restrict__ partial_squared, const acc_type<T>* __restrict__ partial_dot, int64_t N,
-    int64_t splits, acc_type<T> center, bool one_sided, acc_type<T>* __restrict__ along_gg,
+    int64_t splits, double center, bool one_sided, acc_type<T>* __restrict__ along_gg,
     acc_type<T>* __restrict__ along_g, acc_type<T>* __restrict__ weighted_dot) {
   using acc_t = acc_type<T>;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) {
     return;
   }
-  acc_t k, m;
+  wide_sum_t k, m;
   coefficients(row_total(partial_squared, n, splits), center, one_sided, N, k, m);
-  along_gg[n] = k;
+  along_gg[n] = static_cast<acc_t>(k);
   if (partial_dot != nullptr) {
-    const acc_t dot = row_total(partial_dot, n, splits);
-    along_g[n] = m * dot;
-    weighted_dot[n] = k * dot;
+    const wide_sum_t dot = row_total(partial_dot, n, splits);
+    along_g[n] = static_cast<acc_t>(m * dot);
+    weighted_dot[n] = static_cast<acc_t>(k * dot);
   }
 }
 
 // out = sum_n values[n]; one block.
 template <typename T>
 __global__ void sum_kernel(const acc_type<T>* __restrict__ values, int64_t N, T* __restrict__ out) {
-  using acc_t = acc_type<T>;
-  acc_t total(0);
+  wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     total += values[n];
   }
   total = block_sum<kThreads>(total);
   if (threadIdx.x == 0) {
-    out[0] = from_acc<T>(total);
+    out[0] = from_acc<T>(static_cast<acc_type<T>>(total));
   }
 }
 
@@ -213,13 +214,12 @@ template <typename T>
 cudaError_t penalty_forward(
     const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace, T* out,
     cudaStream_t stream) {
-  using acc_t = acc_type<T>;
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   partial_sums_kernel<T, false><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
       g, nullptr, D, slices, ws.partial_squared, nullptr);
   penalty_value_kernel<T><<<1, kThreads, 0, stream>>>(
-      ws.partial_squared, N, slices.splits, static_cast<acc_t>(center), one_sided, out);
+      ws.partial_squared, N, slices.splits, center, one_sided, out);
   return cudaGetLastError();
 }
 
@@ -227,13 +227,12 @@ template <typename T>
 cudaError_t penalty_backward(
     const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace,
     T* grad_g, cudaStream_t stream) {
-  using acc_t = acc_type<T>;
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   partial_sums_kernel<T, false><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
       g, nullptr, D, slices, ws.partial_squared, nullptr);
   row_coefficients_kernel<T><<<row_blocks(N), kThreads, 0, stream>>>(
-      ws.partial_squared, nullptr, N, slices.splits, static_cast<acc_t>(center), one_sided, ws.along_gg, nullptr,
+      ws.partial_squared, nullptr, N, slices.splits, center, one_sided, ws.along_gg, nullptr,
       nullptr);
   scale_rows_kernel<T><<<elementwise_blocks(N * D), kThreads, 0, stream>>>(
       grad_out, g, nullptr, ws.along_gg, nullptr, N, D, grad_g);
@@ -244,13 +243,12 @@ template <typename T>
 cudaError_t penalty_double_backward(
     const T* gg, const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided,
     acc_type<T>* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream) {
-  using acc_t = acc_type<T>;
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   partial_sums_kernel<T, true><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
       g, gg, D, slices, ws.partial_squared, ws.partial_dot);
   row_coefficients_kernel<T><<<row_blocks(N), kThreads, 0, stream>>>(
-      ws.partial_squared, ws.partial_dot, N, slices.splits, static_cast<acc_t>(center), one_sided, ws.along_gg,
+      ws.partial_squared, ws.partial_dot, N, slices.splits, center, one_sided, ws.along_gg,
       ws.along_g, ws.weighted_dot);
   sum_kernel<T><<<1, kThreads, 0, stream>>>(ws.weighted_dot, N, grad_grad_out);
   scale_rows_kernel<T><<<elementwise_blocks(N * D), kThreads, 0, stream>>>(

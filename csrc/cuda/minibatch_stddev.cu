@@ -6,7 +6,8 @@
 // those kernels run one block per pair and finish with a block reduction, after which the same block
 // writes the pair's statistic channels. The backward needs no reduction over positions and runs on a
 // grid over all positions, after a small kernel that sums grad_out's statistic channels per pair.
-// All reductions have a fixed order, so results are deterministic.
+// All reductions have a fixed order, so results are deterministic; the sums over the K positions and over the
+// statistic channels are carried in wide_sum_t (double, csrc/common.h), so their error does not grow with K.
 #include "minibatch_stddev.h"
 
 #include <algorithm>
@@ -37,10 +38,10 @@ __device__ __forceinline__ void position_offsets(
 
 // sum over (g, h, w) of t[g * M + m, C + f, h, w], computed by the whole block.
 template <typename T>
-__device__ acc_type<T> block_sum_of_statistic_channels(
+__device__ wide_sum_t block_sum_of_statistic_channels(
     const T* __restrict__ t, Strides4 s, const MinibatchStddevGeometry& geo, int64_t m, int64_t f) {
   const int64_t plane = geo.H * geo.W;
-  acc_type<T> sum(0);
+  wide_sum_t sum = 0;
   for (int64_t e = threadIdx.x; e < geo.G * plane; e += kThreads) {
     const int64_t g = e / plane, h = (e % plane) / geo.W, w = e % geo.W;
     sum += to_acc(t[(g * geo.M + m) * s.n + (geo.C + f) * s.c + h * s.h + w * s.w]);
@@ -66,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
   using acc_t = acc_type<T>;
   const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
   const OperandStrides &xs = walk.operand[0], &os = walk.operand[1];
-  acc_t sd_sum(0);
+  wide_sum_t sd_sum = 0;
   for (int64_t p = threadIdx.x; p < geo.K; p += kThreads) {
     int64_t offsets[2];
     position_offsets(walk, p, m, f, offsets);
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     }
     sd_sum += sqrt(var / geo.G + eps);
   }
-  const acc_t statistic = block_sum<kThreads>(sd_sum) / static_cast<acc_t>(geo.K);
+  const acc_t statistic = static_cast<acc_t>(block_sum<kThreads>(sd_sum) / static_cast<wide_sum_t>(geo.K));
   block_fill_statistic_channels(out, out_strides, geo, m, f, from_acc<T>(statistic));
 }
 
@@ -93,9 +94,9 @@ __global__ void __launch_bounds__(kThreads) grad_stat_kernel(
     const T* __restrict__ grad_out, Strides4 grad_out_strides, MinibatchStddevGeometry geo,
     acc_type<T>* __restrict__ grad_stat) {
   const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
-  const acc_type<T> sum = block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f);
+  const wide_sum_t sum = block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f);
   if (threadIdx.x == 0) {
-    grad_stat[blockIdx.x] = sum;
+    grad_stat[blockIdx.x] = static_cast<acc_type<T>>(sum);
   }
 }
 
@@ -139,9 +140,9 @@ __global__ void __launch_bounds__(kThreads) double_backward_kernel(
   const int64_t m = blockIdx.x / geo.F, f = blockIdx.x % geo.F;
   const OperandStrides &xs = walk.operand[0], &ggs = walk.operand[1], &ggos = walk.operand[2],
                        &gxs = walk.operand[3];
-  const acc_t gs = block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f);
+  const acc_t gs = static_cast<acc_t>(block_sum_of_statistic_channels(grad_out, grad_out_strides, geo, m, f));
   const acc_t fan_in = static_cast<acc_t>(geo.G * geo.K);
-  acc_t t_sum(0);
+  wide_sum_t t_sum = 0;
   for (int64_t p = threadIdx.x; p < geo.K; p += kThreads) {
     int64_t offsets[4];
     position_offsets(walk, p, m, f, offsets);
@@ -170,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) double_backward_kernel(
       grad_x[offsets[3] + g * gxs.member] = from_acc<T>((a - mean_a - d * projection) * inv);
     }
   }
-  const acc_t t = block_sum<kThreads>(t_sum);
+  const acc_t t = static_cast<acc_t>(block_sum<kThreads>(t_sum));
   block_fill_statistic_channels(grad_grad_out, grad_grad_out_strides, geo, m, f, from_acc<T>(t));
 }
 
