@@ -433,15 +433,18 @@ def launch_config(
     if tensor_cores:
         # Two pipeline stages of the q/k/v tiles overflow an H100's 227 KiB beyond 640 bytes per row.
         stages = 2 if dtype.itemsize * (width_qk + width_v) <= 640 else 1
-        return _tensor_core_config(kind, widest, stages)
+        return _tensor_core_config(kind, widest * dtype.itemsize, stages)
     return _cuda_core_config(kind)
 
 
-def _tensor_core_config(kind: str, widest: int, stages: int) -> LaunchConfig:
-    """fp16 / bf16 / tf32. Every dot's M is 64 (one wgmma per warpgroup) except the double backward's key side,
-    where 32 query rows per step keep the registers of its eight tiles from spilling; heads wider than 64 take 8
-    warps."""
-    warps = 4 if widest <= 64 else 8
+def _tensor_core_config(kind: str, widest_bytes: int, stages: int) -> LaunchConfig:
+    """fp16 / bf16 / tf32. Every dot's M is 64 (one wgmma per warpgroup) except those whose M is the query step
+    of a key-side kernel, where 32 query rows per step keep the registers from spilling (the double backward's
+    eight tiles; the backward's beyond 256 bytes per row); rows wider than 128 bytes (bf16 heads above 64, tf32
+    above 32) take 8 warps."""
+    warps = 4 if widest_bytes <= 128 else 8
+    if kind == "backward_key" and widest_bytes > 256:  # 32 query rows per step: its 64-wide tiles spill
+        return LaunchConfig(32, 64, num_warps=warps, num_stages=stages)
     if kind in ("forward", "backward_key", "backward_query"):
         return LaunchConfig(64, 64, num_warps=warps, num_stages=stages)
     if kind == "double_backward_query":
