@@ -31,6 +31,8 @@ _BLOCK_N = 128
 _TARGET_PROGRAMS = 2048
 # Partials of a row added per step by the kernels that reduce them (bounds the [BLOCK_N, BLOCK_S] tile).
 _SPLIT_CHUNK = 32
+# Warps of the single-program reductions over the batch: their [BLOCK_N, BLOCK_S] tiles spilled at 4 warps.
+_REDUCTION_WARPS = 8
 
 
 @triton.jit
@@ -281,7 +283,7 @@ def forward_plan(
     value = Launch(
         _penalty_value_kernel, (1,),
         (scale, squared, out, rows.shape[0], splits, *_halves(center)),
-        dict(BLOCK_N=_BLOCK_N, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
+        dict(BLOCK_N=_BLOCK_N, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided, num_warps=_REDUCTION_WARPS,
              COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
         bytes_moved=2 * squared.numel() * squared.element_size(),
         label=f"BN={_BLOCK_N} BS={_block_s(splits)}",
@@ -357,7 +359,7 @@ def double_backward_plan(
     grad_of_grad_out = Launch(
         _grad_of_grad_out_kernel, (1,),
         (scale, squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n)),
-        dict(BLOCK_N=_BLOCK_N, **meta),
+        dict(BLOCK_N=_BLOCK_N, num_warps=_REDUCTION_WARPS, **meta),
         bytes_moved=3 * squared.numel() * squared.element_size(),
         label=f"BN={_BLOCK_N} BS={meta['BLOCK_S']}",
     )
