@@ -131,6 +131,17 @@ BAD_INPUTS = [
     ("gradient_penalty_interpolate_cpp", lambda: interpolate_args(eps_dtype=torch.int64), "eps must have dtype float64"),
     ("gradient_penalty_interpolate_cpp", lambda: interpolate_args(real=(0, 3), fake=(0, 3), eps=(0,)),
      "real must not be empty"),
+    ("minibatch_discrimination_cpp", lambda: [torch.randn(4, 3), False], r"m must have 3 dimensions \[N, B, C\]"),
+    ("minibatch_discrimination_cpp", lambda: [torch.randn(4, 0, 2), False], "m must have no empty dimension"),
+    ("minibatch_discrimination_cpp", lambda: [torch.ones(4, 3, 2, dtype=torch.int64), False],
+     "m must have dtype float64"),
+    ("minibatch_discrimination_backward_cpp", lambda: [torch.randn(4, 2), torch.randn(4, 3, 2), False],
+     r"expected grad_o of shape \[4, 3\]"),
+    ("minibatch_discrimination_backward_cpp",
+     lambda: [torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, 2), False], "expected grad_o of dtype Float"),
+    ("minibatch_discrimination_double_backward_cpp",
+     lambda: [torch.randn(4, 3, 3), torch.randn(4, 3), torch.randn(4, 3, 2), False],
+     r"expected grad_grad_m of shape \[4, 3, 2\]"),
 ]
 
 VALID_INPUTS = {
@@ -147,6 +158,10 @@ VALID_INPUTS = {
     "gradient_penalty_backward_cpp": lambda: [torch.randn(()), torch.randn(4, 3), 1.0, False],
     "gradient_penalty_double_backward_cpp": lambda: [torch.randn(4, 3), torch.randn(()), torch.randn(4, 3), 1.0, False],
     "gradient_penalty_interpolate_cpp": interpolate_args,
+    "minibatch_discrimination_cpp": lambda: [torch.randn(4, 3, 2), True],
+    "minibatch_discrimination_backward_cpp": lambda: [torch.randn(4, 3), torch.randn(4, 3, 2), False],
+    "minibatch_discrimination_double_backward_cpp":
+        lambda: [torch.randn(4, 3, 2), torch.randn(4, 3), torch.randn(4, 3, 2), False],
 }
 
 
