@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import json
 import os
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from ganops import _extension, _triton
+from ganops._once import once
 
 BACKENDS = ("reference", "triton", "cpp")
 CHOICES = BACKENDS + ("auto",)
@@ -89,9 +89,7 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-# A constant of the process: torch.compile calls it once instead of tracing through the cache.
-@torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=None)
+@once
 def measured_rankings() -> dict:
     """``{op: {device_type: {"ranking": [fastest, ...], "source": results file}}}``."""
     if not RANKINGS_PATH.exists():

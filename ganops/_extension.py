@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from ganops._once import once
 
-# A constant of the process: torch.compile calls it once instead of tracing through the cache.
-@torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=None)
+
+@once
 def load_error() -> str | None:
     """``None`` if ``ganops._C`` loaded and registered its ops, else why it did not."""
     try:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
-import torch
+from ganops._once import once
 
 
 def interpreter_enabled() -> bool:
@@ -13,9 +12,7 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-# A constant of the process: torch.compile calls it once instead of tracing through the cache.
-@torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=None)
+@once
 def import_error() -> str | None:
     """``None`` if triton imports, else why not."""
     try:
