@@ -269,6 +269,18 @@ def test_wgan_gp_step_through_a_discriminator_with_the_module(backend):
         assert_close(got, want)
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_autocast_runs_the_matmul_in_bfloat16_and_returns_the_features_dtype(backend):
+    require_backend(backend)
+    features, T = draw_inputs((5, 4, 3, 2), 0.5, 4, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ganops.minibatch_discrimination(features, T, backend=backend)
+    assert out.dtype == torch.float32
+    assert torch.equal(out[:, :4], features)
+    expected = naive_minibatch_discrimination(features, T, False)
+    assert relative_error(out[:, 4:].double(), expected[:, 4:]) < 3e-2
+
+
 def test_module_shapes_parameters_and_repr():
     layer = ganops.nn.MinibatchDiscrimination(6, 4, 3, exclude_self=True, backend="reference")
     assert layer.T.shape == (6, 4, 3) and layer.out_features == 10
