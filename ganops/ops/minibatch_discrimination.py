@@ -178,7 +178,7 @@ def minibatch_discrimination(
     n, a = features.shape
     _, b, c = T.shape
     m = torch.matmul(features, T.reshape(a, b * c)).reshape(n, b, c)
-    chosen = _backend.select(OP_NAME, features.device.type, backend)
+    chosen = _backend.select(OP_NAME, features.device.type, backend, m)
     if chosen == "reference":
         scores = reference.minibatch_discrimination_scores(m, exclude_self)
     else:
