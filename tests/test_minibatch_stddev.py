@@ -261,7 +261,7 @@ def test_module_matches_function_and_reports_its_settings():
         (dict(x=torch.randn(4, 4, 2, 2), group_size=0), ValueError, "group_size must be a positive int, got 0"),
         (dict(x=torch.randn(4, 4, 2, 2), group_size=2.0), ValueError, "group_size must be a positive int"),
         (dict(x=torch.randn(4, 4, 2, 2), num_channels=-1), ValueError, "num_channels must be a positive int"),
-        (dict(x=torch.randn(4, 4, 2, 2), eps=-1.0), ValueError, "eps must be a non-negative float"),
+        (dict(x=torch.randn(4, 4, 2, 2), eps=-1.0), ValueError, "eps must be a finite non-negative float"),
         (dict(x=torch.randn(4, 4, 2, 2), backend="cuda"), ValueError, "backend must be one of"),
     ],
 )

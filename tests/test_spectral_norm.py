@@ -360,7 +360,7 @@ def test_torch_compile_fullgraph(backend):
     ("make", "kwargs", "error", "message"),
     [
         (lambda: nn.Linear(3, 3), dict(n_power_iterations=0), ValueError, "n_power_iterations must be an int >= 1, got 0"),
-        (lambda: nn.Linear(3, 3), dict(eps=-1.0), ValueError, "eps must be a non-negative float"),
+        (lambda: nn.Linear(3, 3), dict(eps=-1.0), ValueError, "eps must be a finite non-negative float"),
         (lambda: nn.Linear(3, 3), dict(name="kernel"), ValueError, "no parameter or buffer named name='kernel'"),
         (lambda: nn.Linear(3, 3), dict(dim=2), IndexError, "dim must be in"),
         (lambda: nn.Linear(3, 3), dict(backend="gpu"), ValueError, "backend must be one of"),
