@@ -130,6 +130,14 @@ Coefficients<acc_t> coefficients(acc_t squared, acc_t center, bool one_sided, in
   return {two_over_n * (acc_t(1) - center * inverse), two_over_n * center * inverse, inverse};
 }
 
+// value rounded to scalar_t, inf beyond its range (a penalty of |g| = 1e20 in float32, the reference docstring):
+// Tensor::fill_ refuses to round an out-of-range double itself.
+template <typename scalar_t>
+double in_range_of(double value) {
+  const double largest = static_cast<double>(std::numeric_limits<scalar_t>::max());
+  return std::abs(value) > largest ? std::copysign(std::numeric_limits<double>::infinity(), value) : value;
+}
+
 template <typename acc_t>
 acc_t penalty_of(acc_t squared, acc_t center, bool one_sided) {
   squared = nan_unless_finite(squared);
@@ -156,7 +164,7 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_
     for (int64_t n = 0; n < N; ++n) {
       total += penalty_of<wide_sum_t>(squared[n], center, one_sided);
     }
-    out.fill_(total / static_cast<wide_sum_t>(N));
+    out.fill_(in_range_of<scalar_t>(total / static_cast<wide_sum_t>(N)));
   });
   return out;
 }
@@ -211,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
         for (int64_t n = 0; n < N; ++n) {
           total += coefficients<wide_sum_t>(squared[n], center, one_sided, N).k * dot[n];
         }
-        grad_grad_out.fill_(total);
+        grad_grad_out.fill_(in_range_of<scalar_t>(total));
         parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
           const auto c = coefficients<wide_sum_t>(squared[n], center, one_sided, N);
           // As in the backward, k_n and 1 / s_n may leave float32's range where the products do not.
