@@ -27,7 +27,8 @@ fi
 "$nvcc" --version | tail -n 1
 for src in "${sources[@]}"; do
   obj="$out/$(basename "${src%.cu}").o"
-  "$nvcc" -c -std=c++17 -O3 \
+  # --threads 0: the two architectures compile in parallel (one thread per core), halving the wall time.
+  "$nvcc" -c -std=c++17 -O3 --threads 0 \
     -gencode arch=compute_80,code=sm_80 \
     -gencode arch=compute_90,code=sm_90 \
     --Werror all-warnings \
