@@ -4,10 +4,6 @@ torch.autograd.grad on small discriminators."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -327,60 +323,6 @@ def test_cpp_kernels_check_their_inputs_too():
 def test_op_bad_arguments_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
-
-
-SM90_COMPILE_SCRIPT = """
-# Compiles every gradient-penalty Triton kernel for sm_90 in every dtype: run without TRITON_INTERPRET.
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from ganops.triton_kernels import gradient_penalty as k
-
-for compute, element in ((tl.float64, "fp64"), (tl.float32, "fp32"), (tl.float32, "fp16"), (tl.float32, "bf16")):
-    ptr, acc = "*" + element, "*fp64" if compute == tl.float64 else "*fp32"
-    for kernel, constants in (
-        (k._partial_sums_kernel, {"BLOCK_D": 1024, "WITH_DOT": False}),
-        (k._partial_sums_kernel, {"BLOCK_D": 1024, "WITH_DOT": True}),
-        (k._penalty_value_kernel, {"BLOCK_N": 128, "BLOCK_S": 4, "ONE_SIDED": False}),
-        (k._penalty_value_kernel, {"BLOCK_N": 128, "BLOCK_S": 4, "ONE_SIDED": True}),
-        (k._backward_kernel, {"BLOCK_D": 1024, "BLOCK_S": 4, "ONE_SIDED": True}),
-        (k._double_backward_kernel, {"BLOCK_D": 1024, "BLOCK_S": 4, "ONE_SIDED": True}),
-        (k._grad_of_grad_out_kernel, {"BLOCK_N": 128, "BLOCK_S": 4, "ONE_SIDED": False}),
-        (k._interpolate_kernel, {"BLOCK_D": 1024}),
-    ):
-        constants = {**constants, "COMPUTE_DTYPE": compute}
-        signature = {}
-        for name in kernel.arg_names:
-            if name in constants:
-                signature[name] = "constexpr"
-            elif name == "eps_ptr":
-                signature[name] = "*fp32"
-            elif name in ("squared_ptr", "dot_ptr"):
-                signature[name] = acc
-            elif name.endswith("_ptr"):
-                signature[name] = ptr
-            elif name.endswith(("_high", "_low")):
-                signature[name] = "fp32"
-            elif name in ("D", "N", "span", "splits"):
-                signature[name] = "i32"
-            else:
-                signature[name] = "i64"
-        triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
-print("compiled")
-"""
-
-
-def test_triton_kernels_compile_for_the_gpu():
-    """The interpreter neither types nor lowers kernels the way the compiler does (it runs float arguments in float64,
-    the compiler passes them as float32): compile every kernel for sm_90, which needs no GPU."""
-    require_backend("triton")
-    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", SM90_COMPILE_SCRIPT], env=environment, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
 
 
 # ------------------------------------------------------------------------ penalties against eager autograd

@@ -105,7 +105,10 @@ def test_kernels_match_reference(backend, shape, dtype, iterations, transposed, 
     for name, got, want in zip(("W_sn", "u", "v", "sigma", "grad"), (*actual, actual_grad), (*expected, expected_grad)):
         assert got.shape == want.shape, name
         assert got.dtype == (compute_dtype(dtype) if name == "sigma" else dtype), name
-        error = relative_error(got.double(), want.double())
+        # The gradient is g / sigma minus its projection, which cancels completely for a 1 x 1 weight:
+        # rounding is measured against the size of the terms, ||g|| / sigma.
+        floor = grad.double().norm().item() / abs(expected[3].item()) if name == "grad" else 0.0
+        error = relative_error(got.double(), want.double(), floor=floor)
         assert error <= tolerance, f"{name}: relative error {error:.3e} > {tolerance:.0e}"
 
 
