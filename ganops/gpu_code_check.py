@@ -21,9 +21,10 @@ fp16, bf16, fp32 (attention: TF32 off and on) and fp64. Each configuration (cons
 ``num_warps``, ``num_stages``, arch) is compiled once, with the integer specialisation of the first case that
 chooses it (benchmark shapes come first): Triton's ``== 1`` / multiple-of-16 specialisations follow the shape,
 not the launcher.
-``--subset ci`` (what ``tests/test_gpu_code_check.py`` runs in CI: sm_90 only; one benchmark shape per op and
-direction in bf16 and fp64, plus the test-suite configurations that stress a kernel in fp32; attention in bf16
-only) keeps the CI cost near a minute or two; the full matrix runs from the command line.
+``--subset ci`` (what ``tests/test_gpu_code_check.py`` runs in CI, for sm_80 and sm_90: one benchmark shape per op
+and direction in bf16 and fp64, plus the test-suite configurations that stress a kernel in fp32; attention in bf16
+only, at its three head-dim classes: 12/48, 32/128, 64/256) keeps the CI cost near two minutes; the full matrix
+runs from the command line.
 
 **Budgets** (a failure makes the command exit 1):
 
@@ -103,7 +104,7 @@ class Case:
     direction: str
     label: str
     dtype: str
-    build: Callable[[], list]  # -> list[Launch], on meta tensors
+    build: Callable[[int], list]  # arch -> list[Launch], on meta tensors
     source: str  # "bench" (a benchmarks/<op>.py case), "test" (a test-suite configuration)
     ci: bool = False
     minimum_bytes: int = 0
@@ -134,10 +135,15 @@ def _benchmarks(op: str):
     return importlib.import_module(f"benchmarks.{op}")
 
 
-def _plan_kwargs(plan: Callable, dtype: torch.dtype, memory_format: torch.memory_format | None = None) -> dict:
-    """The keyword-only arguments a plan function declares, with the values ``ganops/ops`` passes."""
+def _plan_kwargs(
+    plan: Callable, dtype: torch.dtype, arch: int, memory_format: torch.memory_format | None = None
+) -> dict:
+    """The keyword-only arguments a plan function declares, with the values ``ganops/ops`` passes, and the arch
+    compiled for where the plan's configuration depends on it."""
     parameters = inspect.signature(plan).parameters
     kwargs = {}
+    if "arch" in parameters:
+        kwargs["arch"] = arch
     if "compute_dtype" in parameters:
         kwargs["compute_dtype"] = compute_dtype(dtype)
     if "memory_format" in parameters:
@@ -151,11 +157,11 @@ def _spectral_norm_cases() -> Iterator[Case]:
     def group(shapes, dtype_name, iterations, direction):
         dtype = DTYPES[dtype_name]
 
-        def build():
+        def build(arch):
             weights = [_meta(r, c, dtype=dtype) for r, c in shapes]
             us = [_meta(r, dtype=dtype) for r, _ in shapes]
             vs = [_meta(c, dtype=dtype) for _, c in shapes]
-            kwargs = _plan_kwargs(kernels.forward_plan, dtype)
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype, arch)
             if direction == "forward":
                 return kernels.forward_plan(weights, us, vs, iterations, bench.EPS, **kwargs)[1]
             sigmas = [torch.empty((), dtype=compute_dtype(dtype), device="meta") for _ in shapes]
@@ -188,11 +194,11 @@ def _minibatch_stddev_cases() -> Iterator[Case]:
     kernels, bench = _kernels("minibatch_stddev"), _benchmarks("minibatch_stddev")
 
     def build_for(shape, dtype, groups, stats, direction, channels_last=False):
-        def build():
+        def build(arch):
             n, c, h, w = shape
             x = _meta(*shape, dtype=dtype, channels_last=channels_last)
             grad_out = _meta(n, c + stats, h, w, dtype=dtype, channels_last=channels_last)
-            kwargs = _plan_kwargs(kernels.forward_plan, dtype, _layout(x))
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype, arch, _layout(x))
             if direction == "forward":
                 return kernels.forward_plan(x, groups, stats, bench.EPS, **kwargs)[1]
             if direction == "backward":
@@ -232,9 +238,9 @@ def _minibatch_discrimination_cases() -> Iterator[Case]:
     kernels, bench = _kernels("minibatch_discrimination"), _benchmarks("minibatch_discrimination")
 
     def build_for(n, b, c, dtype, direction, exclude_self=False):
-        def build():
+        def build(arch):
             m, grad_o = _meta(n, b, c, dtype=dtype), _meta(n, b, dtype=dtype)
-            kwargs = _plan_kwargs(kernels.forward_plan, dtype)
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype, arch)
             if direction == "forward":
                 return kernels.forward_plan(m, exclude_self, **kwargs)[1]
             if direction == "backward":
@@ -273,9 +279,9 @@ def _gradient_penalty_cases() -> Iterator[Case]:
     kernels = _kernels("gradient_penalty")
 
     def build_for(shape, dtype, direction, one_sided=False, channels_last=False):
-        def build():
+        def build(arch):
             g = _meta(*shape, dtype=dtype, channels_last=channels_last)
-            kwargs = _plan_kwargs(kernels.forward_plan, dtype, _layout(g))
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype, arch, _layout(g))
             grad_out = torch.empty((), dtype=dtype, device="meta")
             if direction == "forward":
                 return kernels.forward_plan(g, 1.0, one_sided, **kwargs)[1]
@@ -316,19 +322,23 @@ def _gradient_penalty_cases() -> Iterator[Case]:
         )
 
 
+# One benchmark shape per head-dim class (padded 16/64, 32/128, 64/256): each class has its own tile configuration.
+CI_ATTENTION_SHAPES = (("BigGAN-128 D 64x64 pooled", 64), ("C=256 32x32 unpooled", 64), ("C=512 32x32 unpooled", 64))
+
+
 def _attention_cases() -> Iterator[Case]:
     kernels, bench = _kernels("attention"), _benchmarks("attention")
     if not hasattr(kernels, "forward_plan"):
         raise RuntimeError("triton_kernels/attention.py has no forward_plan (see triton_kernels/_common.py)")
 
     def build_for(batch, n_q, n_k, d_qk, d_v, dtype, tf32, direction):
-        def build():
+        def build(arch):
             q, k, v = _meta(batch, n_q, d_qk, dtype=dtype), _meta(batch, n_k, d_qk, dtype=dtype), _meta(
                 batch, n_k, d_v, dtype=dtype
             )
             out = _meta(batch, n_q, d_v, dtype=dtype)
             lse = torch.empty(batch, n_q, dtype=compute_dtype(dtype), device="meta")
-            kwargs = _plan_kwargs(kernels.forward_plan, dtype)
+            kwargs = _plan_kwargs(kernels.forward_plan, dtype, arch)
             if direction == "forward":
                 return kernels.forward_plan(q, k, v, bench.SCALE, tf32, **kwargs)[1]
             if direction == "backward":
@@ -361,7 +371,7 @@ def _attention_cases() -> Iterator[Case]:
                 yield Case(
                     "attention", direction, f"{name} B={batch} Nq={n_q} Nk={n_k} Dqk={d_qk} Dv={d_v}", dtype_name,
                     build_for(batch, n_q, n_k, d_qk, d_v, dtype, tf32, direction), "bench",
-                    ci=(name, batch) == ("C=256 32x32 unpooled", 64) and dtype_name == "bf16",
+                    ci=(name, batch) in CI_ATTENTION_SHAPES and dtype_name == "bf16",
                     minimum_bytes=now[0] - before[0], flops=now[1] - before[1], tf32=tf32 if dtype_name == "fp32" else None,
                 )
 
@@ -580,20 +590,19 @@ def _compile_all(jobs: dict[str, tuple], workers: int) -> dict[str, dict]:
     return results
 
 
-def _compile_in_rounds(jobs: dict[str, tuple], launch_jobs: list, archs: list[str], workers: int) -> dict[str, dict]:
+def _compile_in_rounds(jobs: dict[str, tuple], launch_jobs: list, workers: int) -> dict[str, dict]:
     """Compile the first-choice configuration of every launch, then each launch's next fallback only where the
     previous one does not fit the arch's shared memory (as the runtime tries them), until all are settled."""
     results: dict[str, dict] = {}
-    longest = max((len(digests) for _, _, per_arch in launch_jobs for _, digests in per_arch), default=0)
+    longest = max((len(digests) for *_, digests in launch_jobs), default=0)
     for depth in range(longest):
         wanted = {}
-        for _, _, per_arch in launch_jobs:
-            for arch_name, digests in per_arch:
-                earlier = [results.get(digest) for digest, _ in digests[:depth]]
-                too_big = all(r is not None and "error" not in r and r["shared"] > SHARED_PER_BLOCK[ARCHS[arch_name]]
-                              for r in earlier)
-                if depth < len(digests) and too_big and digests[depth][0] not in results:
-                    wanted[digests[depth][0]] = jobs[digests[depth][0]]
+        for _, _, arch_name, digests in launch_jobs:
+            earlier = [results.get(digest) for digest, _ in digests[:depth]]
+            too_big = all(r is not None and "error" not in r and r["shared"] > SHARED_PER_BLOCK[ARCHS[arch_name]]
+                          for r in earlier)
+            if depth < len(digests) and too_big and digests[depth][0] not in results:
+                wanted[digests[depth][0]] = jobs[digests[depth][0]]
         results.update(_compile_all(wanted, workers))
     return results
 
@@ -607,69 +616,66 @@ def triton_rows(archs: list[str], ops: list[str], subset: str, workers: int) -> 
             cases += [case for case in CASE_SOURCES[op]() if subset == "full" or case.ci]
         except Exception as error:
             problems.append({"op": op, "kernel": "*", "arch": "*", "dtype": "*", "error": f"cases: {error}"})
-    planned = []  # (case, launches)
+    planned = []  # (case, arch, launches planned for that arch)
     for case in cases:
-        try:
-            planned.append((case, case.build()))
-        except Exception as error:
-            problems.append({"op": case.op, "kernel": "*", "arch": "*", "dtype": case.dtype,
-                             "error": f"plan {case.direction} {case.label}: {type(error).__name__}: {error}"})
+        for arch_name in archs:
+            try:
+                planned.append((case, arch_name, case.build(ARCHS[arch_name])))
+            except Exception as error:
+                problems.append({"op": case.op, "kernel": "*", "arch": arch_name, "dtype": case.dtype,
+                                 "error": f"plan {case.direction} {case.label}: {type(error).__name__}: {error}"})
     jobs: dict[str, tuple] = {}
     representative: dict[tuple, str] = {}
-    launch_jobs = []  # (case, launch, [(arch, [digest per candidate])])
-    for case, launches in planned:
+    launch_jobs = []  # (case, launch, arch, [(digest, config text) per candidate])
+    for case, arch_name, launches in planned:
         for launch in launches:
-            per_arch = []
-            for arch_name in archs:
-                digests = []
-                for candidate in (launch, *launch.fallbacks):
-                    signature, constexprs, attrs, options = _bind(candidate, ARCHS[arch_name])
-                    job = (candidate.kernel.fn.__module__, candidate.kernel.fn.__name__, signature, constexprs, attrs,
-                           options, ARCHS[arch_name])
-                    configuration = _configuration(candidate, job)
-                    if configuration not in representative:
-                        representative[configuration] = _digest(job)
-                        jobs[representative[configuration]] = job
-                    digest = representative[configuration]
-                    digests.append((digest, _config_text(candidate, signature, constexprs)))
-                per_arch.append((arch_name, digests))
-            launch_jobs.append((case, launch, per_arch))
-    results = _compile_in_rounds(jobs, launch_jobs, archs, workers)
+            digests = []
+            for candidate in (launch, *launch.fallbacks):
+                signature, constexprs, attrs, options = _bind(candidate, ARCHS[arch_name])
+                job = (candidate.kernel.fn.__module__, candidate.kernel.fn.__name__, signature, constexprs, attrs,
+                       options, ARCHS[arch_name])
+                configuration = _configuration(candidate, job)
+                if configuration not in representative:
+                    representative[configuration] = _digest(job)
+                    jobs[representative[configuration]] = job
+                digest = representative[configuration]
+                digests.append((digest, _config_text(candidate, signature, constexprs)))
+            launch_jobs.append((case, launch, arch_name, digests))
+    results = _compile_in_rounds(jobs, launch_jobs, workers)
 
     kernel_rows: dict[tuple, dict] = {}
     plan_rows = []
-    for case, launch, per_arch in launch_jobs:
-        for arch_name, digests in per_arch:
-            # The runtime runs the first candidate that fits the arch's shared memory.
-            chosen, rejected = None, []
-            for digest, config in digests:
-                result = results[digest]
-                chosen = (digest, config)
-                if "error" in result or result["shared"] <= SHARED_PER_BLOCK[ARCHS[arch_name]]:
-                    break
-                rejected.append(config)
-            digest, config = chosen
-            key = (case.op, launch.name, arch_name, case.dtype, case.tf32, digest)
-            if key not in kernel_rows:
-                result = results[digest]
-                row = {
-                    "op": case.op, "kernel": launch.name.strip("_").removesuffix("_kernel"), "arch": arch_name,
-                    "dtype": case.dtype + ("+tf32" if case.tf32 else ""), "config": config,
-                    "rejected_configs": rejected, "direction": case.direction,
-                    "uses_dot": _uses_dot(launch.kernel), "cases": [],
-                    **result,
-                }
-                if "error" not in result:
-                    row["tensor_cores"] = sorted(set(result["ptx_tensor_cores"]) | set(result["sass_tensor_cores"] or []))
-                    row["max_blocks_per_sm"] = max_blocks_per_sm(
-                        result["registers"], result["num_warps"], result["shared"], ARCHS[arch_name]
-                    )
-                row["spill_budget"] = _spill_budget(case.op, case.dtype, row["uses_dot"])
-                row["dtype_name"] = case.dtype
-                kernel_rows[key] = row
-            kernel_rows[key]["cases"].append(f"{case.source}: {case.direction} {case.label}")
-            if arch_name == archs[-1] and case.source == "bench":
-                plan_rows.append(_plan_row(case, launch, kernel_rows[key]))
+    for case, launch, arch_name, digests in launch_jobs:
+        # The runtime runs the first candidate that fits the arch's shared memory.
+        chosen, rejected = None, []
+        for digest, config in digests:
+            result = results[digest]
+            chosen = (digest, config)
+            if "error" in result or result["shared"] <= SHARED_PER_BLOCK[ARCHS[arch_name]]:
+                break
+            rejected.append(config)
+        digest, config = chosen
+        key = (case.op, launch.name, arch_name, case.dtype, case.tf32, digest)
+        if key not in kernel_rows:
+            result = results[digest]
+            row = {
+                "op": case.op, "kernel": launch.name.strip("_").removesuffix("_kernel"), "arch": arch_name,
+                "dtype": case.dtype + ("+tf32" if case.tf32 else ""), "config": config,
+                "rejected_configs": rejected, "direction": case.direction,
+                "uses_dot": _uses_dot(launch.kernel), "cases": [],
+                **result,
+            }
+            if "error" not in result:
+                row["tensor_cores"] = sorted(set(result["ptx_tensor_cores"]) | set(result["sass_tensor_cores"] or []))
+                row["max_blocks_per_sm"] = max_blocks_per_sm(
+                    result["registers"], result["num_warps"], result["shared"], ARCHS[arch_name]
+                )
+            row["spill_budget"] = _spill_budget(case.op, case.dtype, row["uses_dot"])
+            row["dtype_name"] = case.dtype
+            kernel_rows[key] = row
+        kernel_rows[key]["cases"].append(f"{case.source}: {case.direction} {case.label}")
+        if arch_name == archs[-1] and case.source == "bench":
+            plan_rows.append(_plan_row(case, launch, kernel_rows[key]))
     rows = list(kernel_rows.values())
     for row in rows:
         failures = _failures({**row, "dtype": row["dtype_name"]})

@@ -1,13 +1,8 @@
 """The Triton attention launches as planned for a GPU, checked without one: their grids against CUDA's limits,
-their shared-memory fallbacks, and (in a subprocess, compiled for sm_90 by Triton's bundled ptxas) their
-registers, spills and tensor-core instructions."""
+their shared-memory fallbacks, the backward's kernels and each arch's tile configuration. Their compiled
+registers, spills and tensor-core instructions are checked by ``tests/test_gpu_code_check.py``."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -79,57 +74,20 @@ def test_backward_is_five_matmuls_per_tile_pair_with_atomic_dq_except_for_float6
         torch.use_deterministic_algorithms(previous)
 
 
-# Compiles in a fresh process without TRITON_INTERPRET (the interpreter replaces the JIT).
-_COMPILE = r"""
-import json, os, re, subprocess, sys, tempfile
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-from test_attention_triton_compile import kind_of, planned_launches
-from ganops.gpu_code_check import _bind
+def test_configuration_follows_the_arch():
+    """The same bf16 launches at Dv=128 plan 64-row steps for sm_90's wgmma and smaller steps on sm_80, where
+    mma.sync keeps every operand in registers (64-row steps spilled 60-352 B there); a CUDA tensor's own
+    capability decides when no arch is named."""
+    def configs(arch):
+        empty = dict(device="meta", dtype=torch.bfloat16)
+        q, k, v = torch.empty(2, 64, 32, **empty), torch.empty(2, 64, 32, **empty), torch.empty(2, 64, 128, **empty)
+        lse = torch.empty(2, 64, device="meta")
+        launches = kernels.double_backward_plan(
+            q, k, v, v, q, k, v, v, lse, 1.0, False, compute_dtype=torch.float32, arch=arch
+        )[1]
+        return {kind_of(launch): (launch.kwargs["BLOCK_Q"], launch.kwargs["BLOCK_K"]) for launch in launches}
 
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-dtype, tf32, shape = getattr(torch, sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4])
-for launch in planned_launches(*shape, dtype=dtype, allow_tf32=tf32):
-    # Bound as kernel[grid](...) binds them: unit strides and multiples of 16 specialise as on a GPU.
-    signature, constants, attributes, options = _bind(launch, 90)
-    source = ASTSource(launch.kernel, signature, constants, attributes)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    ptx = compiled.asm["ptx"]
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "kernel.ptx")
-        with open(path, "w") as file:
-            file.write(ptx)
-        report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", path, "-o", path + ".cubin"],
-                                capture_output=True, text=True, check=True).stderr
-    print(json.dumps(dict(
-        kind=kind_of(launch), shared=compiled.metadata.shared,
-        spills=int(re.search(r"(\d+) bytes spill stores", report).group(1)),
-        wgmma="wgmma.mma_async" in ptx, mma="mma.sync" in ptx,
-    )), flush=True)
-"""
-
-
-def compile_for_hopper(dtype_name, allow_tf32, shape):
-    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    arguments = [__file__, dtype_name, "1" if allow_tf32 else "0", json.dumps(shape)]
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPILE, *arguments], capture_output=True, text=True, env=environment, timeout=900
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shape", [(2, 4096, 1024, 12, 48), (2, 1024, 1024, 64, 256)], ids=["BigGAN", "Dv=256"])
-def test_half_precision_kernels_compile_for_hopper_without_spills_on_wgmma(shape):
-    """bf16 at BigGAN's head dims and at the widest benchmark heads: every kernel compiles for sm_90 within an
-    H100's 227 KiB of shared memory and every kernel with a dot uses wgmma; forward and backward do not spill,
-    nor does the double backward at BigGAN's dims (at Dv=256 it still spills a few hundred bytes: bounded here)."""
-    for report in compile_for_hopper("bfloat16", False, list(shape)):
-        assert report["shared"] <= 227 * 1024, report
-        double_backward = report["kind"].startswith("double_backward")
-        assert report["spills"] <= (512 if double_backward and shape[-1] == 256 else 0), report
-        if report["kind"] not in ("delta", "cast"):
-            assert report["wgmma"], report
+    assert configs(90) == configs(None) == {"double_backward_query": (64, 32), "double_backward_key": (32, 64)}
+    assert configs(80) == {"double_backward_query": (64, 16), "double_backward_key": (32, 32)}
+    assert _common.target_arch(torch.device("cpu")) is None
+    assert _common.target_arch(torch.device("meta"), 80) == 80

@@ -1,8 +1,8 @@
 """The compile-only GPU check (``python -m ganops check-gpu-code``) and the launch-level fixes it guards.
 
-CI runs the check on ``--subset ci`` for sm_90 only (one shape per configuration class; ~1-2 minutes on 2 cores
-without a warm cache); the full matrix (every benchmark shape, every dtype, sm_80 and sm_90, the CUDA kernels)
-runs from the command line and its output is committed under ``benchmarks/results/static-sm90/``.
+CI runs the check on ``--subset ci`` for sm_80 and sm_90 (one shape per configuration class; ~2 minutes on 2 cores
+without a warm cache); the full matrix (every benchmark shape, every dtype, the CUDA kernels) runs from the command
+line and its output is committed under ``benchmarks/results/static-sm90/``.
 
 The launch-level tests run the plan functions on ``meta`` tensors: they need neither a GPU nor a compile.
 """
@@ -44,7 +44,7 @@ def ci_check(tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("gpu_check") / "check.json"
     environment = {**os.environ, "TRITON_INTERPRET": "0"}
     run = subprocess.run(
-        [sys.executable, "-m", "ganops", "check-gpu-code", "--arch", "sm_90", "--subset", "ci", "--no-cuda",
+        [sys.executable, "-m", "ganops", "check-gpu-code", "--arch", "sm_80,sm_90", "--subset", "ci", "--no-cuda",
          "--jobs", "2", "--json", str(output)],
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900,
     )
@@ -74,6 +74,18 @@ def test_half_precision_kernels_do_not_spill(ci_check):
     for row in ci_check["kernels"]:
         if "error" not in row and row["dtype"] in HALF_PRECISION and row["status"] != "KNOWN-FAIL":
             assert row["spill_stores"] == 0, f"{row['op']} {row['kernel']} {row['dtype']}: {row['spill_stores']} B"
+
+
+def test_half_precision_attention_dots_use_each_archs_tensor_cores(ci_check):
+    """bf16 attention at every head-dim class: wgmma (HGMMA) on sm_90 in every kernel with a dot, mma.sync (HMMA)
+    on sm_80; both archs compiled (each has its own tile configuration)."""
+    rows = [r for r in ci_check["kernels"] if r["op"] == "attention" and r["uses_dot"] and "error" not in r]
+    expected = {"sm_90": "HGMMA", "sm_80": "HMMA"}
+    assert {r["arch"] for r in rows} == set(expected)
+    for row in rows:
+        assert expected[row["arch"]] in row["tensor_cores"], (row["kernel"], row["arch"], row["config"], row["tensor_cores"])
+    head_dims = {r["config"].split(" BLOCK_DQK=")[1].split(" ACC")[0] for r in rows}
+    assert head_dims == {"16 BLOCK_DV=64", "32 BLOCK_DV=128", "64 BLOCK_DV=256"}, head_dims
 
 
 def test_penalty_reduction_of_2048_splits_compiles_without_spills(ci_check):

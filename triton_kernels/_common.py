@@ -55,6 +55,18 @@ def check_grid(grid: tuple[int, ...]) -> tuple[int, ...]:
     return grid
 
 
+def target_arch(device: torch.device, arch: int | None = None) -> int | None:
+    """The compute capability (80 for sm_80, 90 for sm_90) a launch on ``device`` is configured for: ``arch`` where
+    the caller names one (the compile-only check, planning on ``meta`` tensors), else the CUDA device's own; ``None``
+    for any other device."""
+    if arch is not None:
+        return arch
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
 def triton_compute_dtype(compute_dtype: torch.dtype):
     """The ``tl`` dtype of ``compute_dtype`` (which the caller chose: the rule lives in ``ganops/_dtypes.py``)."""
     return TRITON_DTYPES[compute_dtype]

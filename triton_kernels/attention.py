@@ -23,7 +23,7 @@ float64 inputs). Under the CPU interpreter, where half-precision dots are wrong,
 upcast to float32 first.
 
 Block sizes, warps and pipeline stages come from :func:`launch_config`, a plain function of the dtype, head dims,
-TF32 flag, kernel and device type, which the launches use and ``python -m ganops check-gpu-code`` compiles for
+TF32 flag, kernel, device type and arch, which the launches use and ``python -m ganops check-gpu-code`` compiles for
 sm_80 / sm_90 (through the ``*_plan`` functions, see ``triton_kernels/_common.py``).
 """
 
@@ -38,7 +38,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import TRITON_DTYPES, Launch, check_grid, run_launches, scalar_tensor, triton_compute_dtype
+from ._common import (
+    TRITON_DTYPES, Launch, check_grid, run_launches, scalar_tensor, target_arch, triton_compute_dtype,
+)
 
 _forced_blocks: tuple[int, int] | None = None
 
@@ -415,12 +417,14 @@ class LaunchConfig:
 
 
 def launch_config(
-    kind: str, dtype: torch.dtype, d_qk: int, d_v: int, allow_tf32: bool, device_type: str
+    kind: str, dtype: torch.dtype, d_qk: int, d_v: int, allow_tf32: bool, device_type: str, arch: int | None = None
 ) -> LaunchConfig:
     """The configuration of kernel ``kind`` (a key of ``KERNELS``) for inputs of ``dtype`` and head dims
-    ``d_qk, d_v``, chosen from what ptxas reports for sm_90 (``python -m ganops check-gpu-code`` prints it):
-    64-row tiles so that the tensor-core dots can be ``wgmma`` (M = 64 per warpgroup), 8 warps where one
-    warpgroup's registers would not hold the tiles, small tiles for the exact fp32 / fp64 dots."""
+    ``d_qk, d_v`` on a GPU of compute capability ``arch`` (``None``: sm_90's), chosen from what ptxas reports
+    (``python -m ganops check-gpu-code`` prints it): on sm_90, 64-row tiles so that the tensor-core dots can be
+    ``wgmma`` (M = 64 per warpgroup), 8 warps where one warpgroup's registers would not hold the tiles; on sm_80
+    (``mma.sync``, whose operands all live in registers) smaller steps for the wide backward kernels; small tiles
+    for the exact fp32 / fp64 dots."""
     if _forced_blocks is not None:
         return LaunchConfig(*_forced_blocks)
     if device_type == "cpu":  # Triton runs CPU tensors only in its interpreter, where small blocks are fastest
@@ -433,28 +437,51 @@ def launch_config(
     if tensor_cores:
         # Two pipeline stages of the q/k/v tiles overflow an H100's 227 KiB beyond 640 bytes per row.
         stages = 2 if dtype.itemsize * (width_qk + width_v) <= 640 else 1
+        if arch is not None and arch < 90:
+            return _mma_sync_config(kind, widest * dtype.itemsize, stages)
         return _tensor_core_config(kind, widest * dtype.itemsize, stages)
-    return _cuda_core_config(kind)
+    return _cuda_core_config(kind, widest * dtype.itemsize)
 
 
 def _tensor_core_config(kind: str, widest_bytes: int, stages: int) -> LaunchConfig:
     """fp16 / bf16 / tf32. Every dot's M is 64 (one wgmma per warpgroup) except those whose M is the query step
     of a key-side kernel, where 32 query rows per step keep the registers from spilling (the double backward's
     eight tiles; the backward's beyond 256 bytes per row); rows wider than 128 bytes (bf16 heads above 64, tf32
-    above 32) take 8 warps."""
+    above 32) take 8 warps. Beyond 256 bytes per row (bf16 Dv=256) the double backward's loop steps halve again
+    (it spilled 40 B and 272 B at 32-row steps)."""
     warps = 4 if widest_bytes <= 128 else 8
-    if kind == "backward_key" and widest_bytes > 256:  # 32 query rows per step: its 64-wide tiles spill
+    wide = widest_bytes > 256
+    if kind == "backward_key" and wide:  # 32 query rows per step: its 64-wide tiles spill
         return LaunchConfig(32, 64, num_warps=warps, num_stages=stages)
     if kind in ("forward", "backward_key", "backward_query"):
         return LaunchConfig(64, 64, num_warps=warps, num_stages=stages)
     if kind == "double_backward_query":
-        return LaunchConfig(64, 32, num_warps=8, num_stages=stages)
-    return LaunchConfig(32, 64, num_warps=8, num_stages=stages)  # double_backward_key
+        return LaunchConfig(64, 16 if wide else 32, num_warps=8, num_stages=stages)
+    return LaunchConfig(16 if wide else 32, 64, num_warps=8, num_stages=stages)  # double_backward_key
 
 
-def _cuda_core_config(kind: str) -> LaunchConfig:
+def _mma_sync_config(kind: str, widest_bytes: int, stages: int) -> LaunchConfig:
+    """fp16 / bf16 / tf32 before sm_90. Up to 128 bytes per row sm_90's configuration fits; wider rows spill in
+    the backward kernels (bf16 Dv=128: 60-352 B at 255 registers) unless their loop steps shrink: 32x32 tiles for
+    the key-side kernels, 16 key rows per step for the double backward's query side (16 query rows per program
+    beyond 256 bytes per row)."""
+    if widest_bytes <= 128 or kind in ("forward", "backward_query"):
+        return _tensor_core_config(kind, widest_bytes, stages)
+    if kind in ("backward_key", "double_backward_key"):
+        block_q = 16 if kind == "double_backward_key" and widest_bytes > 256 else 32
+        return LaunchConfig(block_q, 32, num_warps=8, num_stages=stages)
+    if widest_bytes <= 256:
+        return LaunchConfig(64, 16, num_warps=8, num_stages=stages)  # double_backward_query
+    return LaunchConfig(16, 32, num_warps=8, num_stages=stages)
+
+
+def _cuda_core_config(kind: str, widest_bytes: int) -> LaunchConfig:
     """Exact fp32 and fp64 dots run on FMA / DMMA units with their operands in registers: small tiles, and the
-    loop's step (query rows on the key side, key rows on the query side) 16 wide."""
+    loop's step (query rows on the key side, key rows on the query side) 16 wide. The double backward's rows
+    beyond 512 bytes (fp32 Dv=256) take 16x16 tiles over 8 warps: at 4 warps they spilled 11-29 KB per thread
+    (a multi-GB local-memory reservation on a full GPU), at 8 warps under 0.5 KB."""
+    if kind.startswith("double_backward") and widest_bytes > 512:
+        return LaunchConfig(16, 16, num_warps=8, num_stages=2)
     if kind in ("backward_key", "double_backward_key"):
         return LaunchConfig(16, 32, num_warps=4, num_stages=2)
     if kind == "forward":
@@ -520,13 +547,15 @@ def _traffic(
 
 
 def _plan_launch(
-    kind: str, q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool, args: tuple, constants: dict
+    kind: str, q: Tensor, k: Tensor, v: Tensor, allow_tf32: bool, args: tuple, constants: dict, arch: int | None
 ) -> Launch:
     """The launch of ``KERNELS[kind]`` at :func:`launch_config`'s configuration, and as fallbacks (tried in order
     where the GPU lacks the shared memory, e.g. sm_80 or consumer parts) the same with the larger block halved,
     down to 16."""
     kernel = KERNELS[kind]
-    config = launch_config(kind, q.dtype, q.shape[-1], v.shape[-1], allow_tf32, q.device.type)
+    config = launch_config(
+        kind, q.dtype, q.shape[-1], v.shape[-1], allow_tf32, q.device.type, target_arch(q.device, arch)
+    )
     rows = k.shape[1] if kind in _KEY_SIDE else q.shape[1]
     launches = []
     block_q, block_k = config.block_q, config.block_k
@@ -558,7 +587,8 @@ def _row_stat(q: Tensor, compute_dtype: torch.dtype) -> Tensor:
 
 
 def forward_plan(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool, *, compute_dtype: torch.dtype
+    q: Tensor, k: Tensor, v: Tensor, scale: float, allow_tf32: bool, *, compute_dtype: torch.dtype,
+    arch: int | None = None,
 ) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
     """The outputs of :func:`forward` and the launches that fill them."""
     constants = _constants(q, v, allow_tf32, compute_dtype)
@@ -569,7 +599,7 @@ def forward_plan(
         q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(), lse, scale_tensor,
         q.shape[1], k.shape[1], q.shape[2], v.shape[2],
     )
-    return (out, lse), [_plan_launch("forward", q, k, v, allow_tf32, args, constants)]
+    return (out, lse), [_plan_launch("forward", q, k, v, allow_tf32, args, constants, arch)]
 
 
 def forward(
@@ -590,7 +620,7 @@ def uses_atomic_dq(dtype: torch.dtype) -> bool:
 
 def backward_plan(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
-    *, compute_dtype: torch.dtype,
+    *, compute_dtype: torch.dtype, arch: int | None = None,
 ) -> tuple[tuple[Tensor, Tensor, Tensor], list[Launch]]:
     """The outputs of :func:`backward` and the launches that fill them."""
     constants = _constants(q, v, allow_tf32, compute_dtype)
@@ -604,19 +634,21 @@ def backward_plan(
     sizes = (q.shape[1], k.shape[1], q.shape[2], v.shape[2])
     delta_args = (grad_out, *grad_out.stride(), out, *out.stride(), accumulator, *accumulator.stride(), delta)
     delta_args += (q.shape[1], q.shape[2], v.shape[2])
-    launches = [_plan_launch("delta", q, k, v, allow_tf32, delta_args, {**constants, "ATOMIC_DQ": atomic})]
+    launches = [_plan_launch("delta", q, k, v, allow_tf32, delta_args, {**constants, "ATOMIC_DQ": atomic}, arch)]
     inputs = (q, *q.stride(), k, *k.stride(), v, *v.stride(), grad_out, *grad_out.stride())
     key_args = (
         *inputs, accumulator, *accumulator.stride(), grad_k, *grad_k.stride(), grad_v, *grad_v.stride(),
         lse, delta, scale_tensor, *sizes,
     )
-    launches.append(_plan_launch("backward_key", q, k, v, allow_tf32, key_args, {**constants, "ATOMIC_DQ": atomic}))
+    launches.append(_plan_launch(
+        "backward_key", q, k, v, allow_tf32, key_args, {**constants, "ATOMIC_DQ": atomic}, arch
+    ))
     if not atomic:
         query_args = (*inputs, grad_q, *grad_q.stride(), lse, delta, scale_tensor, *sizes)
-        launches.append(_plan_launch("backward_query", q, k, v, allow_tf32, query_args, constants))
+        launches.append(_plan_launch("backward_query", q, k, v, allow_tf32, query_args, constants, arch))
     elif accumulator is not grad_q:
         cast_args = (accumulator, *accumulator.stride(), grad_q, *grad_q.stride(), q.shape[1], q.shape[2])
-        launches.append(_plan_launch("cast", q, k, v, allow_tf32, cast_args, constants))
+        launches.append(_plan_launch("cast", q, k, v, allow_tf32, cast_args, constants, arch))
     return (grad_q, grad_k, grad_v), launches
 
 
@@ -635,7 +667,7 @@ def backward(
 def double_backward_plan(
     grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
-    *, compute_dtype: torch.dtype,
+    *, compute_dtype: torch.dtype, arch: int | None = None,
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], list[Launch]]:
     """The outputs of :func:`double_backward` and the launches that fill them."""
     constants = _constants(q, v, allow_tf32, compute_dtype)
@@ -653,8 +685,8 @@ def double_backward_plan(
     query_args = (*inputs, grad_do, *grad_do.stride(), grad_q, *grad_q.stride(), lse, *statistics, *sizes)
     key_args = (*inputs, grad_k, *grad_k.stride(), grad_v, *grad_v.stride(), *statistics, *sizes)
     launches = [
-        _plan_launch("double_backward_query", q, k, v, allow_tf32, query_args, constants),
-        _plan_launch("double_backward_key", q, k, v, allow_tf32, key_args, constants),
+        _plan_launch("double_backward_query", q, k, v, allow_tf32, query_args, constants, arch),
+        _plan_launch("double_backward_key", q, k, v, allow_tf32, key_args, constants, arch),
     ]
     return (grad_do, grad_q, grad_k, grad_v), launches
 
