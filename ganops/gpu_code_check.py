@@ -586,7 +586,10 @@ def _compile_all(jobs: dict[str, tuple], workers: int) -> dict[str, dict]:
                     results[digest] = {"error": "the compiler crashed (the worker process died)"}
         for digest in todo:
             if "error" not in results[digest]:
-                (cache / f"{digest}.json").write_text(json.dumps(results[digest]))
+                # Written whole then renamed: another check running at the same time never reads half a file.
+                partial = cache / f"{digest}.{os.getpid()}.partial"
+                partial.write_text(json.dumps(results[digest]))
+                partial.replace(cache / f"{digest}.json")
     return results
 
 

@@ -32,21 +32,30 @@ mkdir -p "$WORK/src"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$WORK/src"
 
-echo "== building the wheel with $("$PYTHON" -c 'import torch; print("torch", torch.__version__)')"
+VENV_PY="$WORK/venv/bin/python"
+echo "== creating the fresh venv and its dependencies (in the background, while the wheel builds)"
 started=$(date +%s)
+(
+    "$PYTHON" -m venv "$WORK/venv"
+    "$VENV_PY" -m pip install --quiet --upgrade pip
+    "$VENV_PY" -m pip install --quiet "torch==$TORCH_VERSION"
+    "$VENV_PY" -m pip install --quiet "numpy<2.3" "triton==3.6.0" tqdm pytest pytest-xdist hypothesis
+) >"$WORK/venv.log" 2>&1 &
+venv_setup=$!
+
+echo "== building the wheel with $("$PYTHON" -c 'import torch; print("torch", torch.__version__)')"
 (cd "$WORK/src" && PATH="$(dirname "$PYTHON"):$PATH" "$PYTHON" -m pip wheel --quiet --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
 WHEEL="$(ls "$WHEEL_DIR"/ganops-*.whl)"
 echo "built $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1)) in $(( $(date +%s) - started )) s"
 
-echo "== installing it into a fresh venv"
-started=$(date +%s)
-"$PYTHON" -m venv "$WORK/venv"
-VENV_PY="$WORK/venv/bin/python"
-"$VENV_PY" -m pip install --quiet --upgrade pip
-"$VENV_PY" -m pip install --quiet "torch==$TORCH_VERSION"
-"$VENV_PY" -m pip install --quiet "numpy<2.3" "triton==3.6.0" tqdm pytest hypothesis
+echo "== installing it into the fresh venv"
+if ! wait "$venv_setup"; then
+    cat "$WORK/venv.log" >&2
+    echo "error: setting up the fresh venv failed" >&2
+    exit 1
+fi
 "$VENV_PY" -m pip install --quiet --no-deps "$WHEEL"
-echo "installed in $(( $(date +%s) - started )) s"
+echo "venv set up and wheel installed $(( $(date +%s) - started )) s after the build started"
 
 echo "== smoke test (from $WORK, not the source tree)"
 cd "$WORK"
@@ -80,6 +89,6 @@ if [ "$FULL" = 1 ]; then
     started=$(date +%s)
     cp -r "$ROOT/tests" "$WORK/tests"
     # Every CPU backend must run from the wheel: an unavailable one fails the run instead of skipping tests.
-    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings tests)
+    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings -n auto --dist loadfile tests)
     echo "test suite took $(( $(date +%s) - started )) s"
 fi

@@ -4,6 +4,7 @@
   triton is imported, hence here.
 * Hypothesis profiles: ``ci`` (default, few examples) and ``thorough``; choose with
   ``GANOPS_HYPOTHESIS_PROFILE=thorough``.
+* Under pytest-xdist each worker runs torch with ``cores / workers`` threads.
 * ``GANOPS_REQUIRE_BACKENDS=cpp,triton`` (set by CI) turns "backend unavailable" into a test failure
   instead of a skip, so a broken build cannot hide behind skipped tests.
 """
@@ -14,6 +15,10 @@ import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# Under pytest-xdist (`-n auto`) every worker gets its share of the cores, so the workers do not oversubscribe them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
