@@ -55,6 +55,32 @@ def check_grid(grid: tuple[int, ...]) -> tuple[int, ...]:
     return grid
 
 
+@triton.jit
+def inverse_or_zero(x):
+    """``1 / x``, and ``0`` at ``x = 0`` (NaN stays NaN)."""
+    return tl.where(x == 0, 0.0, 1.0 / tl.where(x == 0, 1.0, x))
+
+
+@triton.jit
+def scaled_squares_add(scale, squares, x):
+    """Adds the 1-D tile ``x`` to a running scaled sum of squares and returns it: ``scale`` (0-d) is the largest
+    ``|x|`` so far, ``squares`` (one per lane) the sum of ``(x / scale)^2``, rescaled when a tile raises the scale.
+    No square over- or underflows (LAPACK's ``nrm2``); a non-finite ``x`` makes ``squares`` NaN. NaN lanes are
+    left out of the maximum (they make ``squares`` NaN anyway), so that no reduction sees only NaN."""
+    new_scale = tl.maximum(scale, tl.max(tl.where(x == x, tl.abs(x), 0.0), axis=0))
+    inverse = inverse_or_zero(new_scale)
+    ratio = scale * inverse
+    scaled = x * inverse
+    return new_scale, squares * (ratio * ratio) + scaled * scaled
+
+
+@triton.jit
+def scaled_norm(scale, squares):
+    """The norm of what :func:`scaled_squares_add` accumulated: ``scale * sqrt(sum(squares))``, NaN where an entry
+    was NaN, and ``inf`` where one was infinite (as the plain norm; an infinite entry beside a NaN gives inf)."""
+    return tl.where(scale == float("inf"), scale, scale * tl.sqrt(tl.sum(squares, axis=0)))
+
+
 def target_arch(device: torch.device, arch: int | None = None) -> int | None:
     """The compute capability (80 for sm_80, 90 for sm_90) a launch on ``device`` is configured for: ``arch`` where
     the caller names one (the compile-only check, planning on ``meta`` tensors), else the CUDA device's own; ``None``

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import Launch, check_grid, run_launches, triton_compute_dtype
+from ._common import Launch, check_grid, inverse_or_zero, run_launches, scaled_squares_add, triton_compute_dtype
 
 # Elements per program tile of a row.
 _BLOCK_D = 1024
@@ -35,10 +35,6 @@ _SPLIT_CHUNK = 32
 _REDUCTION_WARPS = 8
 
 
-@triton.jit
-def _inverse(x):
-    """``1 / x``, and ``0`` at ``x = 0`` (NaN stays NaN)."""
-    return tl.where(x == 0, 0.0, 1.0 / tl.where(x == 0, 1.0, x))
 
 
 @triton.jit
@@ -60,12 +56,7 @@ def _partial_sums_kernel(
         mask = d < D  # span is a multiple of BLOCK_D, so a slice ends at a tile boundary or at D
         g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         # Rescale the running sums when the tile raises the slice's largest magnitude.
-        new_scale = tl.maximum(scale, tl.max(tl.abs(g), axis=0))
-        inverse = _inverse(new_scale)
-        ratio = scale * inverse
-        scaled = g * inverse
-        squares = squares * (ratio * ratio) + scaled * scaled
-        scale = new_scale
+        scale, squares = scaled_squares_add(scale, squares, g)
         if WITH_DOT:
             other = tl.load(other_ptr + n * o_sn + d.to(tl.int64) * o_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
             products += g * other
@@ -88,7 +79,7 @@ def _row_norm(scale_ptr, squared_ptr, rows, splits, BLOCK_S: tl.constexpr):
         mask = (s < splits)[None, :]
         largest_tile = tl.maximum(largest_tile, tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0))
     largest = tl.max(largest_tile, axis=1)
-    inverse = _inverse(largest)
+    inverse = inverse_or_zero(largest)
     total = tl.zeros([rows.shape[0], BLOCK_S], dtype=squared_ptr.dtype.element_ty)
     for start in range(0, splits, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
@@ -119,7 +110,7 @@ def _join(high, low, COMPUTE_DTYPE: tl.constexpr):
 def _coefficients(norm, center, two_over_n, ONE_SIDED: tl.constexpr):
     """``(k_n, (2 / N) c / s_n, 1 / s_n)`` of the reference docstring from ``s_n`` (``m_n = (2 / N) c / s_n^3``
     is applied as ``((2 / N) c / s_n) <u_n, gg_n> u_n``, in range for tiny and huge ``s_n``); NaN for NaN ``s_n``."""
-    inverse = _inverse(norm)
+    inverse = inverse_or_zero(norm)
     k = two_over_n * (1.0 - center * inverse)
     curvature = two_over_n * center * inverse
     if ONE_SIDED:

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import Launch, run_launches, scalar_tensor, triton_compute_dtype
+from ._common import Launch, run_launches, scalar_tensor, scaled_norm, scaled_squares_add, triton_compute_dtype
 
 BLOCK_R = 32
 BLOCK_C = 128
@@ -94,6 +94,7 @@ def _forward_kernel(
     else:
         for _iteration in range(n_power_iterations):
             # t = W v into work_u; u = t / max(||t||, eps).
+            scale = tl.max(tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), axis=0)
             squares = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
             for r0 in range(0, rows, BLOCK_R):
                 r = r0 + r_base
@@ -104,15 +105,17 @@ def _forward_kernel(
                     vv = tl.load(work_v + c, mask=c < cols, other=0.0)
                     acc += tl.sum(tile * vv[None, :], axis=1)
                 tl.store(work_u + r, acc, mask=r < rows)
-                squares += acc * acc
+                scale, squares = scaled_squares_add(scale, squares, acc)
             tl.debug_barrier()
-            u_norm = tl.maximum(tl.sqrt(tl.sum(squares, axis=0)), eps)
+            u_norm = tl.maximum(scaled_norm(scale, squares), eps)
             for r0 in range(0, rows, BLOCK_R):
                 r = r0 + r_base
                 t = tl.load(work_u + r, mask=r < rows, other=0.0)
                 tl.store(work_u + r, t / u_norm, mask=r < rows)
             tl.debug_barrier()
-            # s = W^T u into work_v; v = s / max(||s||, eps); sigma = s . v = ||s||^2 / max(||s||, eps).
+            # s = W^T u into work_v; v = s / max(||s||, eps); sigma = s . v = ||s|| (||s|| / max(||s||, eps)),
+            # in that order so that ||s||^2, which overflows first, is never formed.
+            scale = tl.max(tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), axis=0)
             squares = tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE)
             for c0 in range(0, cols, BLOCK_C):
                 c = c0 + c_base
@@ -123,11 +126,11 @@ def _forward_kernel(
                     uu = tl.load(work_u + r, mask=r < rows, other=0.0)
                     acc += tl.sum(tile * uu[:, None], axis=0)
                 tl.store(work_v + c, acc, mask=c < cols)
-                squares += acc * acc
+                scale, squares = scaled_squares_add(scale, squares, acc)
             tl.debug_barrier()
-            s_squared = tl.sum(squares, axis=0)
-            v_norm = tl.maximum(tl.sqrt(s_squared), eps)
-            sigma = tl.zeros([1], dtype=COMPUTE_DTYPE) + s_squared / v_norm
+            s_norm = scaled_norm(scale, squares)
+            v_norm = tl.maximum(s_norm, eps)
+            sigma = tl.zeros([1], dtype=COMPUTE_DTYPE) + s_norm * (s_norm / v_norm)
             for c0 in range(0, cols, BLOCK_C):
                 c = c0 + c_base
                 s = tl.load(work_v + c, mask=c < cols, other=0.0)

@@ -1,6 +1,7 @@
 // CPU kernels of the spectral-norm ops. The math is that of
-// ganops/reference/spectral_norm.py: power iteration u <- normalize(W v), v <- normalize(W^T u),
-// sigma = u^T W v (computed as s . v with s = W^T u, the last unnormalised v), W_sn = W / sigma, and the
+// ganops/reference/spectral_norm.py: power iteration u <- normalize(W v), v <- normalize(W^T u) with the
+// overflow-safe scaled norm, sigma = u^T W v (computed as s . v with s = W^T u, the last unnormalised v),
+// W_sn = W / sigma, and the
 // backward grad_W = (G - <G, W_sn> u v^T) / sigma. Arithmetic in acc_type (float for half types).
 //
 // Every parallel loop splits its work into fixed chunks and adds their partial sums in chunk order, so the
@@ -47,10 +48,9 @@ struct Matrix {
   }
 };
 
-// out = W x; returns ||out||^2.
+// out = W x.
 template <typename scalar_t, typename acc_t>
-acc_t matvec(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
-  std::vector<acc_t> squares(w.rows);
+void matvec(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
   at::parallel_for(0, w.rows, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       acc_t acc(0);
@@ -58,18 +58,15 @@ acc_t matvec(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector
         acc += static_cast<acc_t>(w.at(r, c)) * x[c];
       }
       out[r] = acc;
-      squares[r] = acc * acc;
     }
   });
-  return ordered_sum(squares);
 }
 
-// out = W^T x; returns ||out||^2. Each task owns a chunk of columns and walks every row, so a row's
-// columns are read contiguously for row-major weights.
+// out = W^T x. Each task owns a chunk of columns and walks every row, so a row's columns are read
+// contiguously for row-major weights.
 template <typename scalar_t, typename acc_t>
-acc_t matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
+void matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, std::vector<acc_t>& out) {
   const int64_t chunks = ceil_div(w.cols, kColumnChunk);
-  std::vector<acc_t> squares(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t c0 = chunk * kColumnChunk, c1 = std::min(w.cols, c0 + kColumnChunk);
@@ -80,14 +77,32 @@ acc_t matvec_transposed(const Matrix<scalar_t>& w, const std::vector<acc_t>& x, 
           out[c] += static_cast<acc_t>(w.at(r, c)) * xr;
         }
       }
-      acc_t sq(0);
-      for (int64_t c = c0; c < c1; ++c) {
-        sq += out[c] * out[c];
-      }
-      squares[chunk] = sq;
     }
   });
-  return ordered_sum(squares);
+}
+
+// ||x|| as m ||x / m|| with m = max |x| (the reference's scaled_norm, LAPACK's nrm2): no square over- or
+// underflows. NaN in x gives NaN, an infinite entry inf, as the plain norm does. O(R + C), next to the
+// O(R C) matrix-vector products.
+template <typename acc_t>
+acc_t scaled_norm(const std::vector<acc_t>& x) {
+  acc_t largest(0);
+  for (const acc_t value : x) {
+    const acc_t magnitude = std::abs(value);
+    if (std::isnan(magnitude)) {
+      return magnitude;
+    }
+    largest = std::max(largest, magnitude);
+  }
+  if (largest == acc_t(0) || std::isinf(largest)) {
+    return largest;
+  }
+  acc_t squares(0);
+  for (const acc_t value : x) {
+    const acc_t scaled = value / largest;
+    squares += scaled * scaled;
+  }
+  return largest * std::sqrt(squares);
 }
 
 template <typename scalar_t>
@@ -124,16 +139,19 @@ void forward_layer(
     }
   }
   for (int64_t it = 0; it < n_power_iterations; ++it) {
-    const acc_t u_norm = std::max(std::sqrt(matvec(w, v, u)), eps);
+    matvec(w, v, u);
+    const acc_t u_norm = std::max(scaled_norm(u), eps);
     for (acc_t& value : u) {
       value /= u_norm;
     }
-    const acc_t s_squared = matvec_transposed(w, u, v);
-    const acc_t v_norm = std::max(std::sqrt(s_squared), eps);
+    matvec_transposed(w, u, v);
+    const acc_t s_norm = scaled_norm(v);
+    const acc_t v_norm = std::max(s_norm, eps);
     for (acc_t& value : v) {
       value /= v_norm;
     }
-    sigma = s_squared / v_norm;
+    // s . v = ||s||^2 / max(||s||, eps), in this order so that ||s||^2 is never formed (it overflows first).
+    sigma = s_norm * (s_norm / v_norm);
   }
   store_vector<scalar_t>(u, u_out);
   store_vector<scalar_t>(v, v_out);

@@ -71,4 +71,29 @@ __device__ acc_t block_sum(acc_t v) {
   return warp_sums[0];
 }
 
+// The largest v over the block, returned to every thread; fmax lets any number win over a NaN (callers that
+// must see NaN track it apart). Same contract as block_sum: every thread calls it, exactly Threads threads.
+template <int Threads, typename acc_t>
+__device__ acc_t block_max(acc_t v) {
+  static_assert(Threads % 32 == 0 && Threads <= 1024, "block_max needs whole warps, at most 1024 threads");
+  constexpr int kWarpsPerBlock = Threads / 32;
+  __shared__ acc_t warp_maxima[kWarpsPerBlock];
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) {
+    warp_maxima[warp] = v;
+  }
+  __syncthreads();
+  v = warp_maxima[0];
+  for (int w = 1; w < kWarpsPerBlock; ++w) {
+    v = fmax(v, warp_maxima[w]);
+  }
+  // Every thread has read warp_maxima before a later call overwrites it.
+  __syncthreads();
+  return v;
+}
+
 }  // namespace ganops

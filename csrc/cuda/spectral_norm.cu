@@ -18,8 +18,8 @@
 //
 // Sums run in a fixed order (fixed grid per device), so results are deterministic on a given GPU.
 // torch's order and semantics: u = normalize(W v) first, then v = normalize(W^T u), normalize(x) =
-// x / max(||x||, eps), sigma = u^T W v = ||W^T u||^2 / max(||W^T u||, eps); n_power_iterations = 0 computes
-// sigma = u^T W v with the given vectors and returns them unchanged.
+// x / max(||x||, eps) with the scaled (overflow-safe) norm, sigma = u^T W v = ||W^T u||^2 / max(||W^T u||, eps);
+// n_power_iterations = 0 computes sigma = u^T W v with the given vectors and returns them unchanged.
 #include "spectral_norm.h"
 
 #include <cstdint>
@@ -112,18 +112,28 @@ __device__ __forceinline__ acc_t strided_sum(int64_t first, int64_t count, int64
   return sums[0];
 }
 
-// ||x||^2 over x[0, count) by the whole block.
+// ||x|| over x[0, count) by the whole block, as m ||x / m|| with m = max |x| (the reference's scaled_norm:
+// no square over- or underflows); NaN in x gives NaN, an infinite entry inf. Two passes over x, which is a
+// vector of the layer (R or C entries, from L2), next to the R C weights a layer's pass streams.
 template <typename acc_t, typename Element>
-__device__ acc_t block_squared_norm(int64_t count, const Element& element) {
-  return block_sum<kThreads>(strided_sum<acc_t, 4>(threadIdx.x, count, kThreads, [&](int64_t i) {
-    const acc_t x = element(i);
-    return x * x;
-  }));
+__device__ acc_t block_norm(int64_t count, const Element& element) {
+  acc_t largest(0);
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+    largest = fmax(largest, abs(element(i)));
+  }
+  largest = block_max<kThreads>(largest);
+  // As the reference: scale 1 where the largest is 0 or inf (or all NaN), so that NaN and inf come through.
+  const acc_t scale = largest > acc_t(0) && !isinf(largest) ? largest : acc_t(1);
+  return scale * sqrt(block_sum<kThreads>(strided_sum<acc_t, 1>(threadIdx.x, count, kThreads, [&](int64_t i) {
+    const acc_t scaled = element(i) / scale;
+    return scaled * scaled;
+  })));
 }
 
+// max(norm, eps), NaN staying NaN (fmax would return eps).
 template <typename acc_t>
-__device__ acc_t clamped_norm(acc_t squared, acc_t eps) {
-  return max(sqrt(squared), eps);
+__device__ acc_t clamped_norm(acc_t norm, acc_t eps) {
+  return norm < eps ? eps : norm;
 }
 
 // The row item `index` of `layer`: the warp's row (or -1) and its segment of the row.
@@ -162,8 +172,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) rows_kernel(
   for_each_item<Items::kRows>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer, int64_t layer_index,
                                                      int64_t index) {
     if (!first_iteration && layer_index != scaled_layer) {
-      const acc_t squared = block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
-      x_scale = acc_t(1) / clamped_norm(squared, eps);
+      const acc_t norm = block_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
+      x_scale = acc_t(1) / clamped_norm(norm, eps);
       scaled_layer = layer_index;
     }
     const RowSlice slice = row_slice(layer, index);
@@ -203,8 +213,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) columns_kernel(
   for_each_item<Items::kColumns>(layers, num_layers, [&](const SpectralNormForwardLayer<T>& layer,
                                                         int64_t layer_index, int64_t index) {
     if (layer_index != scaled_layer) {
-      const acc_t squared = block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; });
-      y_scale = acc_t(1) / clamped_norm(squared, eps);
+      const acc_t norm = block_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; });
+      y_scale = acc_t(1) / clamped_norm(norm, eps);
       scaled_layer = layer_index;
     }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -276,9 +286,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
                                                      int64_t index) {
     if (layer_index != sigma_layer) {
       if (n_power_iterations > 0) {
-        const acc_t s_squared = block_squared_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
-        v_norm = clamped_norm(s_squared, eps);
-        sigma = s_squared / v_norm;
+        const acc_t s_norm = block_norm<acc_t>(layer.cols, [&](int64_t c) { return layer.work_v[c]; });
+        v_norm = clamped_norm(s_norm, eps);
+        // ||s||^2 / max(||s||, eps) without forming ||s||^2, which overflows first.
+        sigma = s_norm * (s_norm / v_norm);
       } else {
         // Eval: sigma = u . (W v) with the given u, v (work_u = W v).
         sigma = block_sum<kThreads>(strided_sum<acc_t, 4>(threadIdx.x, layer.rows, kThreads, [&](int64_t r) {
@@ -289,8 +300,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) finish_kernel(
     }
     if (index == 0) {
       if (n_power_iterations > 0) {
-        const acc_t t_squared = block_squared_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; });
-        const acc_t u_norm = clamped_norm(t_squared, eps);
+        const acc_t u_norm =
+            clamped_norm(block_norm<acc_t>(layer.rows, [&](int64_t r) { return layer.work_u[r]; }), eps);
         for (int64_t r = threadIdx.x; r < layer.rows; r += kThreads) {
           layer.u_out[r] = from_acc<T>(layer.work_u[r] / u_norm);
         }

@@ -5,7 +5,11 @@ Notation shared by every backend (``triton_kernels/spectral_norm.py``, ``csrc/cp
 
 * ``W`` is the weight as a matrix of shape ``[R, C]`` (torch's ``_reshape_weight_to_matrix``: dimension
   ``dim`` moved to the front, the others flattened), ``u`` has ``R`` entries and ``v`` has ``C``.
-* ``normalize(x) = x / max(||x||, eps)`` (``torch.nn.functional.normalize``).
+* ``normalize(x) = x / max(||x||, eps)`` (``torch.nn.functional.normalize``), except that where the squares
+  of ``x`` overflow or underflow (float32 ``|x|`` beyond ~1e19 or below ~1e-19) ``||x||`` is computed as
+  ``m * ||x / m||`` for ``m = max |x|`` (LAPACK's ``nrm2``), so float32 weights up to the float32 range keep
+  their true norm where ``F.normalize`` returns zeros. Elsewhere this is torch's computation, bit for bit.
+  Kernels may use the scaled norm everywhere (it differs from the plain one by rounding only).
 * One power iteration, in torch's order (``torch.nn.utils.parametrizations._SpectralNorm._power_method``):
   ``u <- normalize(W v)``, then ``v <- normalize(W^T u)``; ``n_power_iterations`` of them per training
   forward, none in eval mode (``n_power_iterations = 0`` below).
@@ -56,12 +60,28 @@ def initial_vectors(weight_mat: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return F.normalize(u, dim=0, eps=eps), F.normalize(v, dim=0, eps=eps)
 
 
+def scaled_norm(x: Tensor) -> Tensor:
+    """``||x||`` without overflow or underflow in the squares: ``m * ||x / m||`` with ``m = max |x|`` (0 for
+    ``x = 0``; NaN or inf in ``x`` give NaN or inf, as the plain norm does)."""
+    largest = x.abs().amax()
+    scale = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
+    return torch.linalg.vector_norm(x / scale) * scale
+
+
+def normalize(x: Tensor, eps: float) -> Tensor:
+    """``x / max(||x||, eps)``: torch's plain norm where it is representable and not below the square root of the
+    smallest normal number (whose square would underflow), else the overflow-safe :func:`scaled_norm`."""
+    plain = torch.linalg.vector_norm(x)
+    representable = torch.isfinite(plain) & (plain >= torch.finfo(x.dtype).tiny ** 0.5)
+    return x / torch.where(representable, plain, scaled_norm(x)).clamp_min(eps)
+
+
 @torch.no_grad()
 def power_iteration(weight_mat: Tensor, u: Tensor, v: Tensor, n_power_iterations: int, eps: float) -> tuple[Tensor, Tensor]:
     """``n_power_iterations`` of torch's power method, out of place, in the compute dtype."""
     for _ in range(n_power_iterations):
-        u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=eps)
-        v = F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=eps)
+        u = normalize(torch.mv(weight_mat, v), eps)
+        v = normalize(torch.mv(weight_mat.H, u), eps)
     return u, v
 
 
