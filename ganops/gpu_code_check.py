@@ -799,12 +799,21 @@ def _demangle(name: str) -> str:
     if filt is None:
         return name
     text = subprocess.run([filt, name], capture_output=True, text=True).stdout.strip() or name
-    return re.sub(r"\(.*\)$", "", text)
+    text = text.removeprefix("void ").replace("(anonymous namespace)::", "").replace("ganops::cuda_kernels::", "")
+    if text.endswith(")"):  # drop the parameter list: the balanced group that ends the name
+        depth = 0
+        for index in range(len(text) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(text[index], 0)
+            if depth == 0:
+                return text[:index]
+    return text
 
 
 def _dtype_of(name: str) -> str:
-    for pattern, dtype in (("Half", "fp16"), ("BFloat16", "bf16"), ("double", "fp64"), ("float", "fp32")):
-        if pattern in name:
+    """The element type among a CUDA kernel's template arguments (``*`` where it has none)."""
+    arguments = name[name.find("<"):] if "<" in name else ""
+    for pattern, dtype in (("bfloat16", "bf16"), ("half", "fp16"), ("double", "fp64"), ("float", "fp32")):
+        if pattern in arguments.lower():
             return dtype
     return "*"
 

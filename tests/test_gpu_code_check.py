@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +240,21 @@ def test_fallbacks_are_tried_in_order_and_remembered():
     _common.run_launches([big])
     _common.run_launches([big])
     assert attempts == [("k", (4,)), ("k", (8,)), ("k", (8,))]
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt")
+def test_cuda_kernel_rows_name_the_kernel_and_its_dtype():
+    """nvcc's mangled names of kernels in an anonymous namespace demangle to "void ganops::cuda_kernels::(anonymous
+    namespace)::finish_kernel<...>(...)": the report shows the kernel and template arguments, and their dtype."""
+    from ganops.gpu_code_check import _demangle, _dtype_of
+
+    names = {
+        "_ZN6ganops12cuda_kernels55_GLOBAL__N__82d6ce81_16_spectral_norm_cu_c3044ed7_1754413finish_kernelI13__nv_bfloat16"
+        "EEvPKNS0_24SpectralNormForwardLayerIT_EEllNS_14AccumulateTypeIS5_E4typeE": ("finish_kernel<__nv_bfloat16>", "bf16"),
+        "_ZN6ganops12cuda_kernels55_GLOBAL__N__82d6ce81_16_spectral_norm_cu_c3044ed7_1754418grad_weight_kernelIdEEvPKNS0"
+        "_25SpectralNormBackwardLayerIT_EElPKNS_14AccumulateTypeIS4_E4typeE": ("grad_weight_kernel<double>", "fp64"),
+    }
+    for mangled, (kernel, dtype) in names.items():
+        assert _demangle(mangled) == kernel
+        assert _dtype_of(kernel) == dtype
+    assert _dtype_of("rows_kernel<__half>") == "fp16" and _dtype_of("reduce_kernel") == "*"

@@ -448,9 +448,12 @@ def _tensor_core_config(kind: str, widest_bytes: int, stages: int) -> LaunchConf
     of a key-side kernel, where 32 query rows per step keep the registers from spilling (the double backward's
     eight tiles; the backward's beyond 256 bytes per row); rows wider than 128 bytes (bf16 heads above 64, tf32
     above 32) take 8 warps. Beyond 256 bytes per row (bf16 Dv=256) the double backward's loop steps halve again
-    (it spilled 40 B and 272 B at 32-row steps)."""
+    (it spilled 40 B and 272 B at 32-row steps); beyond 512 (tf32 Dv=256) its query side takes 16 query rows per
+    program (1.3 KB of spills at 64)."""
     warps = 4 if widest_bytes <= 128 else 8
     wide = widest_bytes > 256
+    if kind == "double_backward_query" and widest_bytes > 512:
+        return LaunchConfig(16, 32, num_warps=8, num_stages=stages)
     if kind == "backward_key" and wide:  # 32 query rows per step: its 64-wide tiles spill
         return LaunchConfig(32, 64, num_warps=warps, num_stages=stages)
     if kind in ("forward", "backward_key", "backward_query"):
@@ -478,9 +481,10 @@ def _mma_sync_config(kind: str, widest_bytes: int, stages: int) -> LaunchConfig:
 def _cuda_core_config(kind: str, widest_bytes: int) -> LaunchConfig:
     """Exact fp32 and fp64 dots run on FMA / DMMA units with their operands in registers: small tiles, and the
     loop's step (query rows on the key side, key rows on the query side) 16 wide. The double backward's rows
-    beyond 512 bytes (fp32 Dv=256) take 16x16 tiles over 8 warps: at 4 warps they spilled 11-29 KB per thread
-    (a multi-GB local-memory reservation on a full GPU), at 8 warps under 0.5 KB."""
-    if kind.startswith("double_backward") and widest_bytes > 512:
+    beyond 256 bytes (fp32 Dv >= 128, fp64 Dv >= 64) take 16x16 tiles over 8 warps: at 4 warps they spilled
+    1.5-29 KB per thread (fp32 Dv=256: a multi-GB local-memory reservation on a full GPU), at 8 warps under
+    0.75 KB."""
+    if kind.startswith("double_backward") and widest_bytes > 256:
         return LaunchConfig(16, 16, num_warps=8, num_stages=2)
     if kind in ("backward_key", "double_backward_key"):
         return LaunchConfig(16, 32, num_warps=4, num_stages=2)
