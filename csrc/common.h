@@ -37,6 +37,15 @@ using acc_type = typename AccumulateType<T>::type;
 // conversions and double additions are cheap next to the loads on the CPU and on sm_80 / sm_90 GPUs.
 using wide_sum_t = double;
 
+// A wide sum of squares as the gradient-penalty rule takes it (ganops/reference/gradient_penalty.py): a sample
+// with a NaN or infinite element is NaN. In wide_sum_t the sum is non-finite only then (no float32 or narrower
+// square overflows a double), and squared - squared is 0 exactly when squared is finite, NaN otherwise.
+template <typename T>
+GANOPS_HOST_DEVICE inline T nan_unless_finite(T squared) {
+  const T difference = squared - squared;
+  return difference == T(0) ? squared : difference;
+}
+
 // The number of blocks of size `block` that cover `count` items (count >= 0, block > 0).
 GANOPS_HOST_DEVICE constexpr int64_t ceil_div(int64_t count, int64_t block) {
   return (count + block - 1) / block;

@@ -252,8 +252,8 @@ def test_registered_triton_ops_reject_inconsistent_inputs(name, arguments, error
 def _penalty_derivatives(backend: str, grad: torch.Tensor, center: float, one_sided: bool = False):
     """Value, gradient, and both double-backward gradients (see ``helpers.autograd_derivatives``)."""
     generator = torch.Generator().manual_seed(1)
-    grad_out = torch.tensor(0.75, dtype=grad.dtype)
-    grad_grad = torch.randn(grad.shape, generator=generator).to(grad.dtype)
+    grad_out = torch.tensor(0.75, dtype=grad.dtype, device=grad.device)
+    grad_grad = torch.randn(grad.shape, generator=generator).to(grad.device, grad.dtype)
     return autograd_derivatives(
         lambda g: ganops.gradient_norm_penalty(g, center, one_sided, backend=backend), grad, grad_out, grad_grad
     )
@@ -306,6 +306,40 @@ def test_penalty_of_huge_and_tiny_float32_gradients(backend, magnitude, center, 
         if name in ("gradient", "double backward"):
             assert actual.isfinite().all(), (name, actual)
             assert actual.abs().sum() > 0 or (one_sided and magnitude < center), (name, actual)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cpp", "triton"))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e20, 1e-21])
+@pytest.mark.parametrize("center, one_sided", [(1.0, False), (0.0, False), (0.5, True)])
+def test_penalty_rule_holds_on_the_gpu_kernels(backend, value, center, one_sided):
+    """The same rule on CUDA tensors ("cpp": the CUDA C++ kernels; "triton": compiled Triton): NaN or inf in a
+    sample makes it NaN in every order, |g| = 1e20 / 1e-21 in float32 keeps the float64 values."""
+    require_backend(backend)
+    if value in (1e20, 1e-21):
+        grad = (torch.linspace(0.5, 1.5, 3 * 4).reshape(3, 4) * value).float()
+    else:
+        grad = _poisoned(value, torch.float32)
+    got = _penalty_derivatives(backend, grad.cuda(), center, one_sided)
+    exact = _penalty_derivatives("reference", grad.double(), center, one_sided)
+    for actual, truth in zip(got, exact):
+        _assert_same_values(actual.cpu(), truth.float(), rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cpp", "triton"))
+@pytest.mark.parametrize("magnitude", [1e20, 1.0, 1e-21])
+def test_spectral_norm_scaled_norm_holds_on_the_gpu_kernels(backend, magnitude):
+    """The GPU kernels' power iteration with the scaled norm: right at 1e20, and the CPU reference's rounding at
+    1e-21 (sigma below float32's range)."""
+    require_backend(backend)
+    weight = torch.tensor([[1.0, 2.0, 0.5], [3.0, 4.0, -1.0]]) * magnitude
+    u = torch.nn.functional.normalize(torch.ones(2), dim=0)
+    v = torch.nn.functional.normalize(torch.ones(3), dim=0)
+    expected = fused_spectral_norm(weight, u, v, 1, backend="reference")
+    got = fused_spectral_norm(weight.cuda(), u.cuda(), v.cuda(), 1, backend=backend)
+    for name, reference_value, value in zip(("W_sn", "u", "v", "sigma"), expected, got):
+        torch.testing.assert_close(value.cpu(), reference_value, rtol=1e-5, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

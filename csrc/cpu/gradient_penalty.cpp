@@ -105,13 +105,6 @@ void row_sums(
   }
 }
 
-// A sample with a NaN or infinite element has a NaN penalty and NaN derivatives (the reference docstring). In the
-// wide sum q_n is infinite only then: no float32 (or narrower) square overflows a double.
-template <typename acc_t>
-acc_t nan_unless_finite(acc_t squared) {
-  return std::isfinite(squared) ? squared : std::numeric_limits<acc_t>::quiet_NaN();
-}
-
 // k_n, (2 / N) c / s_n and 1 / s_n of the reference docstring (m_n d_n g_n is applied as
 // ((2 / N) c / s_n) <u_n, gg_n> u_n with u_n = g_n / s_n, in range for tiny and huge s_n).
 template <typename acc_t>

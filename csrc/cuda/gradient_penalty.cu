@@ -6,8 +6,10 @@
 //    k_n d_n (backward passes), or the value kernel does the same per row and reduces h(s_n) over the batch.
 // 3. An elementwise grid-stride kernel writes grad_g from the per-row coefficients.
 // Every reduction has a fixed order and shape, so results are deterministic. Sums over a row, and over the rows,
-// are carried in wide_sum_t (double, csrc/common.h), so their error does not grow with D; only the per-slice
-// partials are stored in acc_type<T>.
+// the per-slice partials and the per-row coefficients are carried in wide_sum_t (double, csrc/common.h), so their
+// error does not grow with D and, as in the CPU kernels, nothing overflows for float32 |g| up to its range: k_n
+// (about c / s_n, beyond float32 for a subnormal g_n) and m_n d_n (about c / s_n^2) multiply g wide. A sample with
+// a NaN or infinite element is NaN throughout (nan_unless_finite, the reference docstring's rule).
 #include "gradient_penalty.h"
 
 #include <algorithm>
@@ -43,8 +45,7 @@ Slices slices_of(int64_t N, int64_t D) {
 template <typename T, bool WithDot>
 __global__ void partial_sums_kernel(
     const T* __restrict__ g, const T* __restrict__ other, int64_t D, Slices slices,
-    acc_type<T>* __restrict__ partial_squared, acc_type<T>* __restrict__ partial_dot) {
-  using acc_t = acc_type<T>;
+    wide_sum_t* __restrict__ partial_squared, wide_sum_t* __restrict__ partial_dot) {
   const int64_t task = blockIdx.x;
   const int64_t n = task / slices.splits, s = task % slices.splits;
   const int64_t begin = s * slices.span;
@@ -59,18 +60,17 @@ __global__ void partial_sums_kernel(
   }
   squares = block_sum<kThreads>(squares);
   if (threadIdx.x == 0) {
-    partial_squared[task] = static_cast<acc_t>(squares);
+    partial_squared[task] = squares;
   }
   if (WithDot) {
     products = block_sum<kThreads>(products);
     if (threadIdx.x == 0) {
-      partial_dot[task] = static_cast<acc_t>(products);
+      partial_dot[task] = products;
     }
   }
 }
 
-template <typename acc_t>
-__device__ __forceinline__ wide_sum_t row_total(const acc_t* partial, int64_t n, int64_t splits) {
+__device__ __forceinline__ wide_sum_t row_total(const wide_sum_t* partial, int64_t n, int64_t splits) {
   wide_sum_t total = 0;
   for (int64_t s = 0; s < splits; ++s) {
     total += partial[n * splits + s];
@@ -81,10 +81,10 @@ __device__ __forceinline__ wide_sum_t row_total(const acc_t* partial, int64_t n,
 template <typename acc_t>
 __device__ __forceinline__ void coefficients(
     acc_t squared, acc_t center, bool one_sided, int64_t N, acc_t& k, acc_t& m) {
-  const acc_t norm = sqrt(squared);
-  const acc_t inverse = norm > acc_t(0) ? acc_t(1) / norm : acc_t(0);
+  const acc_t norm = sqrt(nan_unless_finite(squared));
+  const acc_t inverse = norm == acc_t(0) ? acc_t(0) : acc_t(1) / norm;
   const acc_t two_over_n = acc_t(2) / static_cast<acc_t>(N);
-  if (one_sided && !(norm > center)) {
+  if (one_sided && norm <= center) {  // false for NaN: a NaN sample stays NaN
     k = m = acc_t(0);
     return;
   }
@@ -95,15 +95,15 @@ __device__ __forceinline__ void coefficients(
 // out = mean_n h(s_n); one block.
 template <typename T>
 __global__ void penalty_value_kernel(
-    const acc_type<T>* __restrict__ partial_squared, int64_t N, int64_t splits, double center, bool one_sided,
+    const wide_sum_t* __restrict__ partial_squared, int64_t N, int64_t splits, double center, bool one_sided,
     T* __restrict__ out) {
   using acc_t = acc_type<T>;
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
-    const wide_sum_t squared = row_total(partial_squared, n, splits);
+    const wide_sum_t squared = nan_unless_finite(row_total(partial_squared, n, splits));
     wide_sum_t distance = sqrt(squared) - center;
-    if (one_sided) {
-      distance = distance > 0 ? distance : 0;
+    if (one_sided && distance < 0) {  // NaN stays NaN
+      distance = 0;
     }
     // centre 0: q itself, h(s) = s^2 exactly without the square root.
     total += center == 0 ? squared : distance * distance;
@@ -117,27 +117,26 @@ __global__ void penalty_value_kernel(
 // Per row: along_gg[n] = k_n, along_g[n] = m_n d_n, weighted_dot[n] = k_n d_n (the last two only with a dot).
 template <typename T>
 __global__ void row_coefficients_kernel(
-    const acc_type<T>* __restrict__ partial_squared, const acc_type<T>* __restrict__ partial_dot, int64_t N,
-    int64_t splits, double center, bool one_sided, acc_type<T>* __restrict__ along_gg,
-    acc_type<T>* __restrict__ along_g, acc_type<T>* __restrict__ weighted_dot) {
-  using acc_t = acc_type<T>;
+    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t N,
+    int64_t splits, double center, bool one_sided, wide_sum_t* __restrict__ along_gg,
+    wide_sum_t* __restrict__ along_g, wide_sum_t* __restrict__ weighted_dot) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) {
     return;
   }
   wide_sum_t k, m;
   coefficients(row_total(partial_squared, n, splits), center, one_sided, N, k, m);
-  along_gg[n] = static_cast<acc_t>(k);
+  along_gg[n] = k;
   if (partial_dot != nullptr) {
     const wide_sum_t dot = row_total(partial_dot, n, splits);
-    along_g[n] = static_cast<acc_t>(m * dot);
-    weighted_dot[n] = static_cast<acc_t>(k * dot);
+    along_g[n] = m * dot;
+    weighted_dot[n] = k * dot;
   }
 }
 
 // out = sum_n values[n]; one block.
 template <typename T>
-__global__ void sum_kernel(const acc_type<T>* __restrict__ values, int64_t N, T* __restrict__ out) {
+__global__ void sum_kernel(const wide_sum_t* __restrict__ values, int64_t N, T* __restrict__ out) {
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     total += values[n];
@@ -152,17 +151,18 @@ __global__ void sum_kernel(const acc_type<T>* __restrict__ values, int64_t N, T*
 template <typename T>
 __global__ void scale_rows_kernel(
     const T* __restrict__ grad_out, const T* __restrict__ g, const T* __restrict__ gg,
-    const acc_type<T>* __restrict__ along_gg, const acc_type<T>* __restrict__ along_g, int64_t N, int64_t D,
+    const wide_sum_t* __restrict__ along_gg, const wide_sum_t* __restrict__ along_g, int64_t N, int64_t D,
     T* __restrict__ grad_g) {
   using acc_t = acc_type<T>;
-  const acc_t go = to_acc(grad_out[0]);
+  const wide_sum_t go = to_acc(grad_out[0]);
   const int64_t total = N * D;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t n = i / D;
-    const acc_t value = to_acc(g[i]);
-    const acc_t result = gg == nullptr ? along_gg[n] * value : along_gg[n] * to_acc(gg[i]) + along_g[n] * value;
-    grad_g[i] = from_acc<T>(go * result);
+    const wide_sum_t value = to_acc(g[i]);
+    const wide_sum_t result =
+        gg == nullptr ? along_gg[n] * value : along_gg[n] * wide_sum_t(to_acc(gg[i])) + along_g[n] * value;
+    grad_g[i] = from_acc<T>(static_cast<acc_t>(go * result));
   }
 }
 
@@ -189,13 +189,11 @@ unsigned row_blocks(int64_t N) {
 
 // Workspace layout: partial_squared [N * splits], partial_dot [N * splits], along_gg [N], along_g [N],
 // weighted_dot [N].
-template <typename acc_t>
 struct Workspace {
-  acc_t *partial_squared, *partial_dot, *along_gg, *along_g, *weighted_dot;
+  wide_sum_t *partial_squared, *partial_dot, *along_gg, *along_g, *weighted_dot;
 };
 
-template <typename acc_t>
-Workspace<acc_t> split_workspace(acc_t* base, int64_t N, const Slices& slices) {
+Workspace split_workspace(wide_sum_t* base, int64_t N, const Slices& slices) {
   const int64_t partials = N * slices.splits;
   return {base, base + partials, base + 2 * partials, base + 2 * partials + N, base + 2 * partials + 2 * N};
 }
@@ -212,7 +210,7 @@ int64_t workspace_elements(int64_t N, int64_t D) {
 
 template <typename T>
 cudaError_t penalty_forward(
-    const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace, T* out,
+    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out,
     cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
@@ -225,7 +223,7 @@ cudaError_t penalty_forward(
 
 template <typename T>
 cudaError_t penalty_backward(
-    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace,
+    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace,
     T* grad_g, cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
@@ -242,7 +240,7 @@ cudaError_t penalty_backward(
 template <typename T>
 cudaError_t penalty_double_backward(
     const T* gg, const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided,
-    acc_type<T>* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream) {
+    wide_sum_t* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   partial_sums_kernel<T, true><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
@@ -264,11 +262,11 @@ cudaError_t interpolate(
 }
 
 #define GANOPS_INSTANTIATE_GRADIENT_PENALTY(T)                                                                    \
-  template cudaError_t penalty_forward<T>(const T*, int64_t, int64_t, double, bool, acc_type<T>*, T*, cudaStream_t); \
+  template cudaError_t penalty_forward<T>(const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, cudaStream_t);  \
   template cudaError_t penalty_backward<T>(                                                                      \
-      const T*, const T*, int64_t, int64_t, double, bool, acc_type<T>*, T*, cudaStream_t);                       \
+      const T*, const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, cudaStream_t);                        \
   template cudaError_t penalty_double_backward<T>(                                                               \
-      const T*, const T*, const T*, int64_t, int64_t, double, bool, acc_type<T>*, T*, T*, cudaStream_t);         \
+      const T*, const T*, const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, T*, cudaStream_t);          \
   template cudaError_t interpolate<T>(const T*, const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 
 GANOPS_INSTANTIATE_GRADIENT_PENALTY(double)

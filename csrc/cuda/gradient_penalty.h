@@ -20,26 +20,26 @@ namespace gradient_penalty_cuda {
 // Rows are summed in `splits` slices by separate blocks, so that a small batch of large samples fills the GPU.
 int64_t partial_splits(int64_t N, int64_t D);
 
-// Elements of acc_type<T> the launchers below need as workspace.
+// Elements of wide_sum_t (double) the launchers below need as workspace.
 int64_t workspace_elements(int64_t N, int64_t D);
 
 // out (a single T) = mean_n h(||g_n||).
 template <typename T>
 cudaError_t penalty_forward(
-    const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace, T* out,
+    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out,
     cudaStream_t stream);
 
 // grad_g[N, D] = go * k_n * g_n, with go = *grad_out.
 template <typename T>
 cudaError_t penalty_backward(
-    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, acc_type<T>* workspace,
+    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace,
     T* grad_g, cudaStream_t stream);
 
 // grad_grad_out (a single T) = sum_n k_n d_n and grad_g[N, D] = go * (k_n gg_n + m_n d_n g_n).
 template <typename T>
 cudaError_t penalty_double_backward(
     const T* gg, const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided,
-    acc_type<T>* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream);
+    wide_sum_t* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream);
 
 // out[N, D] = eps_n * real_n + (1 - eps_n) * fake_n.
 template <typename T>

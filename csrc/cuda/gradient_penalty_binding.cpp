@@ -20,7 +20,7 @@ using namespace gradient_penalty;
 
 at::Tensor workspace_for(const at::Tensor& rows) {
   const int64_t elements = gradient_penalty_cuda::workspace_elements(rows.size(0), rows.size(1));
-  return at::empty({elements}, rows.options().dtype(accumulate_dtype(rows.scalar_type())));
+  return at::empty({elements}, rows.options().dtype(at::kDouble));  // wide_sum_t partials and coefficients
 }
 
 at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, bool one_sided) {
@@ -34,7 +34,7 @@ at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, 
     check_launch(
         gradient_penalty_cuda::penalty_forward(
             input_ptr<scalar_t>(rows), rows.size(0), rows.size(1), center, one_sided,
-            workspace.mutable_data_ptr<cuda_acc_t<scalar_t>>(), output_ptr<scalar_t>(out),
+            workspace.mutable_data_ptr<double>(), output_ptr<scalar_t>(out),
             at::cuda::getCurrentCUDAStream()),
         op);
   });
@@ -55,7 +55,7 @@ at::Tensor gradient_penalty_backward_cuda(
     check_launch(
         gradient_penalty_cuda::penalty_backward(
             input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(rows), rows.size(0), rows.size(1), center, one_sided,
-            workspace.mutable_data_ptr<cuda_acc_t<scalar_t>>(), output_ptr<scalar_t>(out_rows),
+            workspace.mutable_data_ptr<double>(), output_ptr<scalar_t>(out_rows),
             at::cuda::getCurrentCUDAStream()),
         op);
   });
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cuda(
         check_launch(
             gradient_penalty_cuda::penalty_double_backward(
                 input_ptr<scalar_t>(gg_rows), input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(rows), rows.size(0),
-                rows.size(1), center, one_sided, workspace.mutable_data_ptr<cuda_acc_t<scalar_t>>(),
+                rows.size(1), center, one_sided, workspace.mutable_data_ptr<double>(),
                 output_ptr<scalar_t>(grad_grad_out), output_ptr<scalar_t>(out_rows), at::cuda::getCurrentCUDAStream()),
             op);
       });
