@@ -26,7 +26,6 @@
 
 #include <math.h>
 
-#include <map>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -942,39 +941,6 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 
 // ---------------------------------------------------------------------------------------------------------
 // Launching.
-
-// What every launcher needs to know about the current device, read once per device.
-struct DeviceInfo {
-  int device = 0;
-  int major = 0;
-  int shared_optin = 0;  // bytes of dynamic shared memory a block may opt into
-};
-
-cudaError_t current_device_info(DeviceInfo* info) {
-  static std::mutex mutex;
-  static std::map<int, DeviceInfo> known;
-  int device = 0;
-  cudaError_t error = cudaGetDevice(&device);
-  if (error != cudaSuccess) {
-    return error;
-  }
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = known.find(device);
-  if (found != known.end()) {
-    *info = found->second;
-    return cudaSuccess;
-  }
-  DeviceInfo read{device, 0, 0};
-  error = cudaDeviceGetAttribute(&read.major, cudaDevAttrComputeCapabilityMajor, device);
-  if (error == cudaSuccess) {
-    error = cudaDeviceGetAttribute(&read.shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  }
-  if (error == cudaSuccess) {
-    known.emplace(device, read);
-    *info = read;
-  }
-  return error;
-}
 
 // Lets `kernel` use the device's whole opt-in shared memory, once per (kernel, device) and from any host
 // thread: the attribute is per device and does not change with the launch, so setting it on every launch

@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "../common.h"
 
@@ -15,6 +17,46 @@ namespace ganops {
 
 // The largest gridDim.x; launchers with one block per item refuse more items than this.
 constexpr int64_t kMaxGridX = 2147483647;
+
+// What launchers need to know about the current device, read from the driver once per device.
+struct DeviceInfo {
+  int device = 0;
+  int major = 0;
+  int sm_count = 0;
+  int shared_optin = 0;  // bytes of dynamic shared memory a block may opt into
+};
+
+// The current device's DeviceInfo, from any host thread. A failure is returned (and tried again by the next
+// call), never remembered. Inline: one cache for the whole library, whichever .cu asks.
+inline cudaError_t current_device_info(DeviceInfo* info) {
+  static std::mutex mutex;
+  static std::map<int, DeviceInfo> known;
+  int device = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error != cudaSuccess) {
+    return error;
+  }
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) {
+    *info = found->second;
+    return cudaSuccess;
+  }
+  DeviceInfo read;
+  read.device = device;
+  error = cudaDeviceGetAttribute(&read.major, cudaDevAttrComputeCapabilityMajor, device);
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&read.sm_count, cudaDevAttrMultiProcessorCount, device);
+  }
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&read.shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (error == cudaSuccess) {
+    known.emplace(device, read);
+    *info = read;
+  }
+  return error;
+}
 
 // Loads convert to acc_type<T>, stores round to nearest from it.
 __device__ __forceinline__ float to_acc(float v) { return v; }

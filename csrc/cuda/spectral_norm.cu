@@ -23,8 +23,6 @@
 #include "spectral_norm.h"
 
 #include <cstdint>
-#include <map>
-#include <mutex>
 
 #include "device_utils.cuh"
 
@@ -391,25 +389,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) grad_weight_kernel(
   });
 }
 
-// Blocks of the persistent grid on the current device: kBlocksPerSm per SM, read once per device.
+// Blocks of the persistent grid on the current device: kBlocksPerSm per SM.
 cudaError_t grid_blocks(int* blocks) {
-  static std::mutex mutex;
-  static std::map<int, int> known;
-  int device = 0;
-  cudaError_t error = cudaGetDevice(&device);
-  if (error != cudaSuccess) {
-    return error;
-  }
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = known.find(device);
-  if (found != known.end()) {
-    *blocks = found->second;
-    return cudaSuccess;
-  }
-  int sms = 0;
-  error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  DeviceInfo info;
+  const cudaError_t error = current_device_info(&info);
   if (error == cudaSuccess) {
-    *blocks = known[device] = sms * kBlocksPerSm;
+    *blocks = info.sm_count * kBlocksPerSm;
   }
   return error;
 }
