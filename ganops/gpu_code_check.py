@@ -83,12 +83,7 @@ SPILL_BUDGET_FP64 = 2048
 GPUS = {"H100": (3.35e12, 989e12, 67e12), "H200": (4.8e12, 989e12, 67e12)}
 
 # (op, kernel name, dtype name or "*") -> why it is known to fail its budget (see the module docstring).
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
-    ("spectral_norm", "forward", "fp32"): (
-        "training forward with n_power_iterations > 1 (not specialised to 1) in fp32 on sm_90: ptxas allocates 128 "
-        "registers at 8 warps and spills 80 B; to fix with a smaller power-iteration tile"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -89,6 +89,6 @@ if [ "$FULL" = 1 ]; then
     started=$(date +%s)
     cp -r "$ROOT/tests" "$WORK/tests"
     # Every CPU backend must run from the wheel: an unavailable one fails the run instead of skipping tests.
-    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings -n auto --dist loadfile tests)
+    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings -n auto --dist loadgroup tests)
     echo "test suite took $(( $(date +%s) - started )) s"
 fi

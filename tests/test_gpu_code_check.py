@@ -26,6 +26,9 @@ from ganops.triton_kernels import gradient_penalty as gradient_penalty_kernels
 from ganops.triton_kernels import minibatch_stddev as minibatch_stddev_kernels
 from ganops.triton_kernels import spectral_norm as spectral_norm_kernels
 
+# The module-scoped CI check runs once: every test of this file on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("gpu_code_check")
+
 ROOT = Path(__file__).resolve().parents[1]
 HALF_PRECISION = ("fp16", "bf16")
 

@@ -27,6 +27,9 @@ BLOCK_R = 32
 BLOCK_C = 128
 # Warps per program: a [32, 128] tile is 16 values per thread at 8 warps (32 at 4 warps spilled on sm_80/sm_90).
 NUM_WARPS = 8
+# The forward runs one program per layer (a few per SM at most), so its 8 warps may hold the whole register file:
+# left to itself ptxas stopped at 128 registers and spilled 80-104 B of the power iteration's state (fp32).
+FORWARD_MAX_REGISTERS = 255
 
 # Entries per layer of the int64 tables; the kernels name them as they read them.
 _FORWARD_COLUMNS = 13
@@ -243,7 +246,8 @@ def forward_plan(
         (meta, weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
          scalar_tensor(eps, compute_dtype, device), n_power_iterations),
         dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS),
+             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS,
+             maxnreg=FORWARD_MAX_REGISTERS),
         bytes_moved=(weight_reads + 1) * elements * weights[0].element_size()
         + vector_elements * (2 * weights[0].element_size() + 2 * (2 * n_power_iterations + 1) * work.element_size()),
         label=f"BR={BLOCK_R} BC={BLOCK_C} iterations={n_power_iterations}",

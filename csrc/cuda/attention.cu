@@ -71,8 +71,11 @@ template <typename T, typename acc_t>
 __device__ void load_tile(
     acc_t* tile, int64_t stride, const T* __restrict__ src, int64_t row0, int64_t rows, int tile_rows,
     int64_t width, acc_t factor) {
-  for (int64_t e = threadIdx.x; e < tile_rows * width; e += kThreads) {
-    const int64_t r = e / width, c = e % width;
+  // Tile elements fit in shared memory, far below 2^31: 32-bit indices, whose division is a few instructions
+  // where a 64-bit one is a call.
+  const int columns = static_cast<int>(width);
+  for (int e = threadIdx.x; e < tile_rows * columns; e += kThreads) {
+    const int r = e / columns, c = e % columns;
     tile[r * stride + c] = r < rows ? factor * to_acc(src[(row0 + r) * width + c]) : acc_t(0);
   }
 }
@@ -121,7 +124,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     acc_type<T>* __restrict__ lse, AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
   const int64_t tiles = ceil_div(s.queries, tile);
-  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
+  const int64_t b = blockIdx.x / static_cast<unsigned>(tiles);
+  const int64_t row0 = int64_t(blockIdx.x % static_cast<unsigned>(tiles)) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
   const int64_t qk_stride = padded(s.qk_dim);
   const int64_t score_stride = tile + 1;
@@ -188,8 +192,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
       }
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < tile * s.v_dim; e += kThreads) {
-      const int64_t i = e / s.v_dim, d = e % s.v_dim;
+    for (int e = threadIdx.x; e < tile * static_cast<int>(s.v_dim); e += kThreads) {
+      const int i = e / static_cast<int>(s.v_dim), d = e % static_cast<int>(s.v_dim);
       const acc_t* p = scores + i * score_stride;
       acc_t acc = out_tile[e] * rescale[i];
       for (int64_t j = 0; j < cols; ++j) {
@@ -200,8 +204,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
   }
   __syncthreads();
   T* out_b = out + (b * s.queries + row0) * s.v_dim;
-  for (int64_t e = threadIdx.x; e < rows * s.v_dim; e += kThreads) {
-    const int64_t i = e / s.v_dim;
+  for (int e = threadIdx.x; e < rows * static_cast<int>(s.v_dim); e += kThreads) {
+    const int i = e / static_cast<int>(s.v_dim);
     // Without keys the softmax is over an empty set: out is 0 (an empty sum) and lse is -inf.
     const acc_t inverse = row_sum[i] > acc_t(0) ? acc_t(1) / row_sum[i] : acc_t(0);
     out_b[e] = from_acc<T>(out_tile[e] * inverse);
@@ -240,7 +244,8 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
   const int64_t tiles = ceil_div(s.queries, tile);
-  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
+  const int64_t b = blockIdx.x / static_cast<unsigned>(tiles);
+  const int64_t row0 = int64_t(blockIdx.x % static_cast<unsigned>(tiles)) * tile;
   const int64_t rows = min(int64_t(tile), s.queries - row0);
   const int64_t qk_stride = padded(s.qk_dim), v_stride = padded(s.v_dim);
   const int64_t score_stride = tile + 1;
@@ -284,8 +289,8 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
       score_grads[i * score_stride + j] = ds;
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < tile * s.qk_dim; e += kThreads) {
-      const int64_t i = e / s.qk_dim, d = e % s.qk_dim;
+    for (int e = threadIdx.x; e < tile * static_cast<int>(s.qk_dim); e += kThreads) {
+      const int i = e / static_cast<int>(s.qk_dim), d = e % static_cast<int>(s.qk_dim);
       const acc_t* ds = score_grads + i * score_stride;
       acc_t acc = gq_tile[e];
       for (int64_t j = 0; j < cols; ++j) {
@@ -310,7 +315,8 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     T* __restrict__ grad_v, AttentionShape s, int tile, acc_type<T> scale) {
   using acc_t = acc_type<T>;
   const int64_t tiles = ceil_div(s.keys, tile);
-  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * tile;
+  const int64_t b = blockIdx.x / static_cast<unsigned>(tiles);
+  const int64_t row0 = int64_t(blockIdx.x % static_cast<unsigned>(tiles)) * tile;
   const int64_t rows = min(int64_t(tile), s.keys - row0);
   const int64_t qk_stride = padded(s.qk_dim), v_stride = padded(s.v_dim);
   const int64_t score_stride = tile + 1;
@@ -359,8 +365,8 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
       score_grads[j * score_stride + i] = ds;
     }
     __syncthreads();
-    for (int64_t e = threadIdx.x; e < tile * s.v_dim; e += kThreads) {
-      const int64_t j = e / s.v_dim, d = e % s.v_dim;
+    for (int e = threadIdx.x; e < tile * static_cast<int>(s.v_dim); e += kThreads) {
+      const int j = e / static_cast<int>(s.v_dim), d = e % static_cast<int>(s.v_dim);
       const acc_t* p = probabilities + j * score_stride;
       acc_t acc = gv_tile[e];
       for (int64_t i = 0; i < cols; ++i) {
@@ -368,8 +374,8 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
       }
       gv_tile[e] = acc;
     }
-    for (int64_t e = threadIdx.x; e < tile * s.qk_dim; e += kThreads) {
-      const int64_t j = e / s.qk_dim, d = e % s.qk_dim;
+    for (int e = threadIdx.x; e < tile * static_cast<int>(s.qk_dim); e += kThreads) {
+      const int j = e / static_cast<int>(s.qk_dim), d = e % static_cast<int>(s.qk_dim);
       const acc_t* ds = score_grads + j * score_stride;
       acc_t acc = gk_tile[e];
       for (int64_t i = 0; i < cols; ++i) {
