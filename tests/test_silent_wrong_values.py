@@ -308,6 +308,22 @@ def test_penalty_of_huge_and_tiny_float32_gradients(backend, magnitude, center, 
             assert actual.abs().sum() > 0 or (one_sided and magnitude < center), (name, actual)
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("center, one_sided", [(1.0, False), (0.0, False), (1.0, True)])
+def test_penalty_of_subnormal_float32_gradients(backend, center, one_sided):
+    """|g| = 1e-40 (float32 subnormals): the penalty, its gradient (O(1): (2 / N) (g - c g / s)) and the gradient
+    of grad_out keep the float64 values; 1 / s overflows float32 there, so no kernel may form k_n = (2 / N)
+    (1 - c / s) before multiplying it by g (Triton returned -inf). The double backward's k_n gg is genuinely
+    beyond float32 and is not compared."""
+    require_backend(backend)
+    grad = (torch.linspace(0.5, 1.5, 3 * 4).reshape(3, 4) * 1e-40).float()
+    got = _penalty_derivatives(backend, grad, center, one_sided)
+    exact = _penalty_derivatives("reference", grad.double(), center, one_sided)
+    for name, actual, truth in list(zip(("value", "gradient", "grad of grad_out"), got, exact)):
+        _assert_same_values(actual, truth.float(), rtol=1e-4)
+        assert actual.isfinite().all(), (name, actual)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ("cpp", "triton"))
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e20, 1e-21])

@@ -68,9 +68,10 @@ def scaled_squares_add(scale, squares, x):
     No square over- or underflows (LAPACK's ``nrm2``); a non-finite ``x`` makes ``squares`` NaN. NaN lanes are
     left out of the maximum (they make ``squares`` NaN anyway), so that no reduction sees only NaN."""
     new_scale = tl.maximum(scale, tl.max(tl.where(x == x, tl.abs(x), 0.0), axis=0))
-    inverse = inverse_or_zero(new_scale)
-    ratio = scale * inverse
-    scaled = x * inverse
+    # Divided, not multiplied by 1 / new_scale: the inverse of a subnormal scale overflows.
+    divisor = tl.where(new_scale == 0, 1.0, new_scale)
+    ratio = scale / divisor
+    scaled = x / divisor
     return new_scale, squares * (ratio * ratio) + scaled * scaled
 
 

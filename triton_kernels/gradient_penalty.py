@@ -79,12 +79,12 @@ def _row_norm(scale_ptr, squared_ptr, rows, splits, BLOCK_S: tl.constexpr):
         mask = (s < splits)[None, :]
         largest_tile = tl.maximum(largest_tile, tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0))
     largest = tl.max(largest_tile, axis=1)
-    inverse = inverse_or_zero(largest)
+    divisor = tl.where(largest == 0, 1.0, largest)  # divided: the inverse of a subnormal scale overflows
     total = tl.zeros([rows.shape[0], BLOCK_S], dtype=squared_ptr.dtype.element_ty)
     for start in range(0, splits, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         mask = (s < splits)[None, :]
-        ratio = tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0) * inverse[:, None]
+        ratio = tl.load(scale_ptr + offsets + s[None, :], mask=mask, other=0.0) / divisor[:, None]
         total += tl.load(squared_ptr + offsets + s[None, :], mask=mask, other=0.0) * (ratio * ratio)
     return largest * tl.sqrt(tl.sum(total, axis=1))
 
@@ -108,8 +108,9 @@ def _join(high, low, COMPUTE_DTYPE: tl.constexpr):
 
 @triton.jit
 def _coefficients(norm, center, two_over_n, ONE_SIDED: tl.constexpr):
-    """``(k_n, (2 / N) c / s_n, 1 / s_n)`` of the reference docstring from ``s_n`` (``m_n = (2 / N) c / s_n^3``
-    is applied as ``((2 / N) c / s_n) <u_n, gg_n> u_n``, in range for tiny and huge ``s_n``); NaN for NaN ``s_n``."""
+    """``(k_n, (2 / N) c / s_n)`` of the reference docstring from ``s_n`` (``m_n = (2 / N) c / s_n^3`` is applied
+    as ``((2 / N) c / s_n) <u_n, gg_n> u_n``, in range for tiny and huge ``s_n``); NaN for NaN ``s_n``. Where
+    ``k_n`` multiplies something of the size of ``g_n``, :func:`_times_k` instead."""
     inverse = inverse_or_zero(norm)
     k = two_over_n * (1.0 - center * inverse)
     curvature = two_over_n * center * inverse
@@ -117,7 +118,18 @@ def _coefficients(norm, center, two_over_n, ONE_SIDED: tl.constexpr):
         inactive = norm <= center  # false for NaN: a NaN sample stays NaN
         k = tl.where(inactive, 0.0, k)
         curvature = tl.where(inactive, 0.0, curvature)
-    return k, curvature, inverse
+    return k, curvature
+
+
+@triton.jit
+def _times_k(x, norm, center, two_over_n, ONE_SIDED: tl.constexpr):
+    """``k_n x`` computed as ``(2 / N) (x - c x / s_n)``: for ``x`` of the size of ``g_n`` (``g_n`` itself, or
+    ``d_n = <g_n, gg_n>`` over ``s_n``) the quotient stays in range where ``1 / s_n`` overflows (a subnormal
+    ``s_n``); 0 where one-sided and inactive, NaN for NaN ``s_n``."""
+    out = two_over_n * (x - center * (x / tl.where(norm == 0, 1.0, norm)))
+    if ONE_SIDED:
+        out = tl.where(norm <= center, 0.0, out)
+    return out
 
 
 @triton.jit
@@ -146,15 +158,13 @@ def _backward_kernel(
 ):
     n = (tl.program_id(0) // tiles).to(tl.int64)
     norm = tl.sum(_row_norm(scale_ptr, squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
-    k, _, _ = _coefficients(
-        norm, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
-        ONE_SIDED,
-    )
-    scale = tl.load(grad_out_ptr).to(COMPUTE_DTYPE) * k
+    center = _join(center_high, center_low, COMPUTE_DTYPE)
+    two_over_n = _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE)
     d = (tl.program_id(0) % tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = d < D
     g = tl.load(g_ptr + n * g_sn + d.to(tl.int64) * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-    tl.store(out_ptr + n * out_sn + d.to(tl.int64) * out_sd, (scale * g).to(out_ptr.dtype.element_ty), mask=mask)
+    grad_g = tl.load(grad_out_ptr).to(COMPUTE_DTYPE) * _times_k(g, norm, center, two_over_n, ONE_SIDED)
+    tl.store(out_ptr + n * out_sn + d.to(tl.int64) * out_sd, grad_g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -167,7 +177,7 @@ def _double_backward_kernel(
     row = n + tl.zeros([1], dtype=tl.int64)
     norm = tl.sum(_row_norm(scale_ptr, squared_ptr, row, splits, BLOCK_S), axis=0)
     dot = tl.sum(_row_total(dot_ptr, row, splits, BLOCK_S), axis=0)
-    k, curvature, inverse = _coefficients(
+    k, curvature = _coefficients(
         norm, _join(center_high, center_low, COMPUTE_DTYPE), _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE),
         ONE_SIDED,
     )
@@ -177,8 +187,9 @@ def _double_backward_kernel(
     offsets = d.to(tl.int64)
     g = tl.load(g_ptr + n * g_sn + offsets * g_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     gg = tl.load(gg_ptr + n * gg_sn + offsets * gg_sd, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-    along_unit = curvature * (dot * inverse)
-    grad_g = go * (k * gg + along_unit * (g * inverse))
+    safe_norm = tl.where(norm == 0, 1.0, norm)  # divided: 1 / s_n of a subnormal s_n overflows
+    along_unit = curvature * (dot / safe_norm)
+    grad_g = go * (k * gg + along_unit * (g / safe_norm))
     tl.store(out_ptr + n * out_sn + offsets * out_sd, grad_g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -194,11 +205,9 @@ def _grad_of_grad_out_kernel(
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         safe_rows = tl.where(rows < N, rows, 0)
-        k, _, _ = _coefficients(
-            _row_norm(scale_ptr, squared_ptr, safe_rows, splits, BLOCK_S), center, two_over_n, ONE_SIDED
-        )
+        norm = _row_norm(scale_ptr, squared_ptr, safe_rows, splits, BLOCK_S)
         dot = _row_total(dot_ptr, safe_rows, splits, BLOCK_S)
-        total += tl.where(rows < N, k * dot, 0.0)
+        total += tl.where(rows < N, _times_k(dot, norm, center, two_over_n, ONE_SIDED), 0.0)
     tl.store(out_ptr, tl.sum(total, axis=0).to(out_ptr.dtype.element_ty))
 
 
