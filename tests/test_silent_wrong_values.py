@@ -550,6 +550,21 @@ def test_property_attention(data, dtype, nq, nk, dqk):
     _assert_every_backend_agrees(lambda backend: ganops.attention(q, k, v, backend=backend), dtype)
 
 
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), dtype=DTYPES, n=st.integers(0, 3), a=st.integers(0, 3), c=st.integers(1, 3),
+       exclude_self=st.booleans())
+def test_property_minibatch_discrimination(data, dtype, n, a, c, exclude_self):
+    features = data.draw(extreme_tensors((n, a), dtype))
+    kernels = data.draw(extreme_tensors((a, 2, c), dtype))
+
+    def value_and_gradient(backend):
+        x = features.detach().requires_grad_()
+        out = ganops.minibatch_discrimination(x, kernels, exclude_self, backend=backend)
+        return out, torch.autograd.grad(out.sum(), x, allow_unused=True)[0]
+
+    _assert_every_backend_agrees(value_and_gradient, dtype)
+
+
 def _check_spectral_norm(data, dtype, rows, cols, iterations, extreme_magnitudes):
     weight = data.draw(extreme_tensors((rows, cols), dtype, extreme_magnitudes))
     u = torch.nn.functional.normalize(torch.ones(rows, dtype=dtype), dim=0)

@@ -39,13 +39,15 @@ def _load_scores(ptr, stride_n, stride_b, rows, b, n, COMPUTE_DTYPE: tl.constexp
 
 
 @triton.jit
-def _similarity(x_i, x_j, rows_j, n):
-    """``E [BLOCK_I, BLOCK_J]`` (zero for ``j >= N``) and ``S [BLOCK_I, BLOCK_J, BLOCK_C]`` of two row tiles."""
+def _similarity(x_i, x_j, rows_i, rows_j, n):
+    """``E [BLOCK_I, BLOCK_J]`` (zero for ``j >= N``) and ``S [BLOCK_I, BLOCK_J, BLOCK_C]`` of two row tiles, with
+    the reference's constants ``E_ii = 1``, ``S_ii = 0`` even for a non-finite row."""
     difference = x_i[:, None, :] - x_j[None, :, :]
     distance = tl.sum(tl.abs(difference), axis=2)
-    similarity = tl.where((rows_j < n)[None, :], tl.exp(-distance), 0.0)
+    is_self = rows_i[:, None] == rows_j[None, :]
+    similarity = tl.where((rows_j < n)[None, :], tl.where(is_self, 1.0, tl.exp(-distance)), 0.0)
     sign = tl.where(difference > 0, 1.0, tl.where(difference < 0, -1.0, 0.0)).to(x_i.dtype)
-    return similarity, sign
+    return similarity, tl.where(is_self[:, :, None], 0.0, sign).to(x_i.dtype)
 
 
 @triton.jit
@@ -66,9 +68,11 @@ def _forward_kernel(
         x_j = _load_rows(m_ptr, ms_n, ms_b, ms_c, rows_j, b, n, channels, BLOCK_C, COMPUTE_DTYPE)
         difference = x_i[:, None, :] - x_j[None, :, :]
         keep = (rows_j < n)[None, :]
+        is_self = rows_i[:, None] == rows_j[None, :]
         if EXCLUDE_SELF:
-            keep = keep & (rows_i[:, None] != rows_j[None, :])
-        similarity = tl.where(keep, tl.exp(-tl.sum(tl.abs(difference), axis=2)), 0.0)
+            keep = keep & ~is_self
+        # The j = i term is the constant exp(0) = 1, even for a non-finite row (reference docstring).
+        similarity = tl.where(keep, tl.where(is_self, 1.0, tl.exp(-tl.sum(tl.abs(difference), axis=2))), 0.0)
         total += tl.sum(similarity, axis=1)
     offsets = rows_i.to(tl.int64) * os_n + b.to(tl.int64) * os_b
     tl.store(o_ptr + offsets, total.to(o_ptr.dtype.element_ty), mask=rows_i < n)
@@ -92,7 +96,7 @@ def _backward_kernel(
         rows_j = start + tl.arange(0, BLOCK_J)
         x_j = _load_rows(m_ptr, ms_n, ms_b, ms_c, rows_j, b, n, channels, BLOCK_C, COMPUTE_DTYPE)
         g_j = _load_scores(go_ptr, gos_n, gos_b, rows_j, b, n, COMPUTE_DTYPE)
-        similarity, sign = _similarity(x_i, x_j, rows_j, n)
+        similarity, sign = _similarity(x_i, x_j, rows_i, rows_j, n)
         weight = (g_i[:, None] + g_j[None, :]) * similarity
         grad -= tl.sum(weight[:, :, None] * sign, axis=1)
     c = tl.arange(0, BLOCK_C)
@@ -124,7 +128,7 @@ def _double_backward_kernel(
         x_j = _load_rows(m_ptr, ms_n, ms_b, ms_c, rows_j, b, n, channels, BLOCK_C, COMPUTE_DTYPE)
         gg_j = _load_rows(gg_ptr, ggs_n, ggs_b, ggs_c, rows_j, b, n, channels, BLOCK_C, COMPUTE_DTYPE)
         g_j = _load_scores(go_ptr, gos_n, gos_b, rows_j, b, n, COMPUTE_DTYPE)
-        similarity, sign = _similarity(x_i, x_j, rows_j, n)
+        similarity, sign = _similarity(x_i, x_j, rows_i, rows_j, n)
         q = tl.sum((gg_i[:, None, :] - gg_j[None, :, :]) * sign, axis=2)
         weighted = similarity * q
         grad_grad_o -= tl.sum(weighted, axis=1)

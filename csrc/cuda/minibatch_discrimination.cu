@@ -93,9 +93,10 @@ __global__ void __launch_bounds__(kThreads)
     tile_distances(x_b, N, C, task.i, j0, len, distance);
 #pragma unroll
     for (int t = 0; t < kTile; ++t) {
-      // Leaving the j = i term out, rather than subtracting exp(0) = 1 later, keeps small sums exact.
+      // Leaving the j = i term out, rather than subtracting exp(0) = 1 later, keeps small sums exact; kept, it is
+      // the constant 1 even for a non-finite row (reference docstring), not exp(-|NaN - NaN|).
       if (t < len && !(exclude_self && j0 + t == task.i)) {
-        total += exp_of(-distance[t]);
+        total += j0 + t == task.i ? acc_t(1) : exp_of(-distance[t]);
       }
     }
   }
@@ -119,7 +120,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     tile_distances(x_b, N, C, task.i, j0, len, weight);
 #pragma unroll
     for (int t = 0; t < kTile; ++t) {
-      weight[t] = t < len ? -(g_i + g_b[j0 + t]) * exp_of(-weight[t]) : acc_t(0);
+      // S_ii = 0: the j = i term adds nothing, even for a non-finite row.
+      weight[t] = t < len && j0 + t != task.i ? -(g_i + g_b[j0 + t]) * exp_of(-weight[t]) : acc_t(0);
     }
     add_signed_sums(x_b, N, C, task.i, j0, len, weight, grad_m + task.b * C * N);
   }
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) double_backward_kernel(
     }
 #pragma unroll
     for (int t = 0; t < kTile; ++t) {
-      const acc_t eq = t < len ? exp_of(-weight[t]) * q[t] : acc_t(0);
+      const acc_t eq = t < len && j0 + t != task.i ? exp_of(-weight[t]) * q[t] : acc_t(0);  // S_ii = 0
       grad_g_i -= eq;
       weight[t] = t < len ? (g_i + g_b[j0 + t]) * eq : acc_t(0);
     }

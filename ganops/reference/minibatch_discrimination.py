@@ -7,7 +7,9 @@ Notation shared by every backend (``triton_kernels/minibatch_discrimination.py``
   (``B`` kernels of dimension ``C``). The kernels take ``M``; the matmul stays a torch matmul.
 * For samples ``i, j`` and kernel ``b``: ``D_ijb = sum_c |M_ibc - M_jbc|``, ``E_ijb = exp(-D_ijb)`` and
   ``S_ijbc = sign(M_ibc - M_jbc)``. ``E`` is symmetric in ``(i, j)``, ``S`` antisymmetric, and ``S_iibc = 0``.
-* Forward: ``o_ib = sum_j E_ijb``, the ``j = i`` term (``exp(0) = 1``) left out when ``exclude_self``.
+* Forward: ``o_ib = sum_j E_ijb``, the ``j = i`` term (``exp(0) = 1``) left out when ``exclude_self``. The
+  ``j = i`` terms are the constants ``E_ii = 1``, ``S_ii = 0`` even for a non-finite ``M_i`` (whose other terms
+  are NaN: a batch of one scores 1 whatever its values), as the kernels never compute them.
 * Backward, for the gradient ``g`` of ``o``: ``grad_M_kbc = -sum_j (g_kb + g_jb) E_kjb S_kjbc``.
 * Double backward, for the gradient ``gg`` of ``grad_M``, with ``Q_kjb = sum_c (gg_kbc - gg_jbc) S_kjbc``:
   ``grad_g_kb = -sum_j E_kjb Q_kjb`` and ``grad_M_kbc = sum_j (g_kb + g_jb) E_kjb Q_kjb S_kjbc``
@@ -38,8 +40,12 @@ def _row_blocks(n: int) -> Iterator[slice]:
 
 
 def _pairs(m: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
-    """``E`` ``[R, N, B]`` and ``S`` ``[R, N, B, C]`` of the rows ``i`` in ``rows`` against every ``j``."""
-    difference = m[rows, None] - m[None]
+    """``E`` ``[R, N, B]`` and ``S`` ``[R, N, B, C]`` of the rows ``i`` in ``rows`` against every ``j``, with the
+    constants ``E_ii = 1``, ``S_ii = 0`` even where ``M_i`` is not finite (``NaN - NaN`` would make them NaN)."""
+    is_self = torch.arange(rows.start, rows.stop, device=m.device)[:, None] == torch.arange(m.shape[0], device=m.device)
+    # M_i - M_i is 0 by definition, also where M_i is not finite; set before exp, so that autograd through this
+    # function differentiates a constant there, not NaN * 0.
+    difference = torch.where(is_self[:, :, None, None], 0.0, m[rows, None] - m[None])
     return torch.exp(-difference.abs().sum(dim=-1)), difference.sign()
 
 
