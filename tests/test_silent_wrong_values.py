@@ -52,6 +52,7 @@ def _inputs(seed: int = 0) -> dict:
         "x": randn(4, 2, 2, 2), "g": randn(3, 2, 2), "fake": randn(3, 2, 2), "eps": torch.rand(3, dtype=F64, generator=generator),
         "q": randn(1, 3, 2), "w": randn(3, 2), "u": torch.nn.functional.normalize(randn(3), dim=0),
         "v": torch.nn.functional.normalize(randn(2), dim=0),
+        "features": randn(3, 2), "T": randn(2, 2, 3),
     }
 
 
@@ -65,6 +66,9 @@ def _op_functions(backend: str) -> dict:
         "interpolate": (lambda r: interpolate(r, t["fake"], t["eps"], backend=backend), t["g"]),
         "attention": (lambda q: ganops.attention(q, 0.5 * q + 1, q.square(), backend=backend), t["q"]),
         "spectral_norm": (lambda w: fused_spectral_norm(w, t["u"], t["v"], 1, backend=backend)[0], t["w"]),
+        "minibatch_discrimination": (
+            lambda f: ganops.minibatch_discrimination(f, t["T"], backend=backend), t["features"]
+        ),
         "spectral_norm_group": (
             lambda w: torch.cat([
                 m.flatten() for m in fused_spectral_norm_group([w, 2 * w], [t["u"], t["u"]], [t["v"], t["v"]], 1, backend=backend)[0]
