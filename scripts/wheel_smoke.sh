@@ -39,7 +39,7 @@ started=$(date +%s)
     "$PYTHON" -m venv "$WORK/venv"
     "$VENV_PY" -m pip install --quiet --upgrade pip
     "$VENV_PY" -m pip install --quiet "torch==$TORCH_VERSION"
-    "$VENV_PY" -m pip install --quiet "numpy<2.3" "triton==3.6.0" tqdm pytest pytest-xdist hypothesis
+    "$VENV_PY" -m pip install --quiet "numpy<2.3" "triton==3.6.0" tqdm pytest pytest-xdist filelock hypothesis
 ) >"$WORK/venv.log" 2>&1 &
 venv_setup=$!
 
@@ -89,6 +89,6 @@ if [ "$FULL" = 1 ]; then
     started=$(date +%s)
     cp -r "$ROOT/tests" "$WORK/tests"
     # Every CPU backend must run from the wheel: an unavailable one fails the run instead of skipping tests.
-    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings -n auto --dist loadgroup tests)
+    (cd "$WORK" && GANOPS_REQUIRE_BACKENDS=cpp,triton "$VENV_PY" -m pytest -q -p no:cacheprovider -p no:warnings -n auto tests)
     echo "test suite took $(( $(date +%s) - started )) s"
 fi

@@ -32,8 +32,6 @@ settings.load_profile(os.environ.get("GANOPS_HYPOTHESIS_PROFILE", "ci"))
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: long-running; run in CI but keep the count small")
-    # pytest-xdist's marker (`--dist loadgroup` keeps a group on one worker), declared for runs without xdist too.
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker")
 
 
 def pytest_collection_modifyitems(config, items):
