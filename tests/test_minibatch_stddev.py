@@ -324,3 +324,58 @@ def test_cuda_opcheck_and_compile(backend):
     torch._dynamo.reset()
     compiled = torch.compile(ganops.minibatch_stddev, fullgraph=True)
     assert_close(compiled(x, backend=backend), ganops.minibatch_stddev(x, backend="reference"), torch.float32)
+
+
+# ------------------------------------------------------------------------------ positions split over programs
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize(
+    "shape, group_size, num_channels", [((8, 40, 5, 7), 4, 2), ((6, 40, 5, 7), 3, 1), ((4, 2, 17, 19), 4, 1)]
+)
+def test_kernels_split_a_pairs_positions_over_programs(backend, shape, group_size, num_channels):
+    """Shapes whose pairs span several tiles: the Triton forward and double backward cut a pair's positions into
+    spans (the last one partial) and add the spans' partial sums in a second launch, which writes the statistic
+    channels in chunks of pixels (two chunks for the 17x19 map)."""
+    require_backend(backend)
+    from ganops.triton_kernels import minibatch_stddev as kernels
+
+    n, c, h, w = shape
+    params = kernels._launch_parameters(torch.empty(shape, device="meta"), group_size, num_channels, torch.float64)
+    splits, span = kernels.position_split(n // group_size * num_channels, c // num_channels * h * w, params["BLOCK_K"])
+    assert splits > 1 and (c // num_channels * h * w) % span != 0
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, dtype=torch.float64, generator=generator) * 3 + 1
+    grad_out = torch.randn(n, c + num_channels, h, w, dtype=torch.float64, generator=generator)
+    grad_grad_x = torch.randn(shape, dtype=torch.float64, generator=generator)
+    args = (group_size, num_channels, 1e-8)
+    actual = autograd_derivatives(lambda t: ganops.minibatch_stddev(t, *args, backend=backend), x, grad_out, grad_grad_x)
+    expected = autograd_derivatives(lambda t: reference.minibatch_stddev(t, *args), x, grad_out, grad_grad_x)
+    for name, got, want in zip(("out", "grad_x", "grad_grad_out", "grad_grad_x"), actual, expected):
+        assert relative_error(got, want) <= 1e-12, name
+
+
+@pytest.mark.parametrize(
+    "shape, group_size", [((32, 512, 4, 4), 4), ((64, 512, 4, 4), 4), ((64, 256, 8, 8), 4), ((4, 8, 2, 2), 4)]
+)
+def test_triton_plans_fill_the_gpu_where_the_shape_allows(shape, group_size):
+    """The launches that move the data have at least one program per SM of an H100 (132) wherever a pair has
+    that many tiles; the split is a function of the shape alone."""
+    from ganops.triton_kernels import minibatch_stddev as kernels
+
+    x = torch.empty(shape, device="meta")
+    grad_out = torch.empty(shape[0], shape[1] + 1, *shape[2:], device="meta")
+    options = dict(compute_dtype=torch.float32, memory_format=torch.contiguous_format)
+    plans = {
+        "forward": kernels.forward_plan(x, group_size, 1, 1e-8, **options)[1],
+        "backward": kernels.backward_plan(grad_out, x, group_size, 1, 1e-8, **options)[1],
+        "double_backward": kernels.double_backward_plan(x, grad_out, x, group_size, 1, 1e-8, **options)[1],
+    }
+    block_k = kernels._launch_parameters(x, group_size, 1, torch.float32)["BLOCK_K"]
+    tiles = -(-(shape[1] * shape[2] * shape[3]) // block_k)
+    pairs = shape[0] // group_size
+    for direction, launches in plans.items():
+        programs = launches[0].grid[0]
+        assert programs >= min(132, pairs * tiles), (direction, programs)
+        assert len(launches) == (1 if direction == "backward" else 2)
+    assert plans["forward"][0].grid == kernels.forward_plan(x, group_size, 1, 1e-8, **options)[1][0].grid

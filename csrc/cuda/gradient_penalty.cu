@@ -1,18 +1,26 @@
 // CUDA kernels of the fused gradient penalty and the interpolation; math and notation of
 // ganops/reference/gradient_penalty.py.
 //
-// 1. partial_sums_kernel: one block per (row n, slice), summing g^2 (and g * gg) over the slice into a partial.
-// 2. row_coefficients_kernel: one thread per row adds its partials in slice order and computes k_n, m_n d_n and
-//    k_n d_n (backward passes), or the value kernel does the same per row and reduces h(s_n) over the batch.
-// 3. An elementwise grid-stride kernel writes grad_g from the per-row coefficients.
-// Every reduction has a fixed order and shape, so results are deterministic. Sums over a row, and over the rows,
-// the per-slice partials and the per-row coefficients are carried in wide_sum_t (double, csrc/common.h), so their
-// error does not grow with D and, as in the CPU kernels, nothing overflows for float32 |g| up to its range: k_n
-// (about c / s_n, beyond float32 for a subnormal g_n) and m_n d_n (about c / s_n^2) multiply g wide. A sample with
-// a NaN or infinite element is NaN throughout (nan_unless_finite, the reference docstring's rule).
+// Every direction is two launches over the same (row n, slice s) blocks: rows are cut into slices so that a small
+// batch of large samples still fills the GPU (about kTargetBlocks blocks where the rows are long enough).
+// 1. partial_sums_kernel: each block sums g^2 (and g * gg) over its slice into one partial per block.
+// 2. The forward's penalty_value_kernel (one block) adds each row's partials in slice order and reduces h(s_n)
+//    over the batch. The backward passes' scale_rows_kernel: each block adds its row's partials, computes k_n
+//    (and m_n d_n) itself and writes grad_g over its slice; block 0 of the double backward also reduces
+//    sum_n k_n d_n into grad_grad_out. (One launch fewer per pass than a separate coefficients kernel.)
+// Rows whose start is 16-byte aligned and whose length is a multiple of the pack width are read and written in
+// 16-byte packs (8 halves, 4 floats, 2 doubles); slices start at multiples of 8 elements, so a slice of such a row
+// is aligned too. The slicing depends on (N, D) only, so the order of every sum is fixed (deterministic results).
+// Sums over a row, and over the rows, the per-slice partials and the per-row coefficients are carried in
+// wide_sum_t (double, csrc/common.h), so their error does not grow with D and, as in the CPU kernels, nothing
+// overflows for float32 |g| up to its range: k_n (about c / s_n, beyond float32 for a subnormal g_n) and m_n d_n
+// (about c / s_n^2) multiply g wide. A sample with a NaN or infinite element is NaN throughout
+// (nan_unless_finite, the reference docstring's rule).
 #include "gradient_penalty.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 
 #include "device_utils.cuh"
 
@@ -22,11 +30,13 @@ namespace {
 
 // Every block of this file has exactly this many threads, as block_sum<kThreads> requires.
 constexpr int kThreads = 256;
-// Elements one block of the partial-sum kernel covers at least; rows are cut into slices of this size or more.
-constexpr int64_t kSliceMin = 4096;
-// Blocks the partial-sum kernel aims at: several waves on current GPUs.
+// Elements one block covers at least; rows are cut into slices of this size or more.
+constexpr int64_t kSliceMin = 1024;
+// Blocks the sliced kernels aim at: several waves on current GPUs.
 constexpr int64_t kTargetBlocks = 1024;
 constexpr int64_t kMaxBlocks = int64_t(1) << 16;
+// Slices start at multiples of this many elements: a whole number of 16-byte packs of every element type.
+constexpr int64_t kSliceAlignment = 8;
 
 struct Slices {
   int64_t splits, span;
@@ -35,37 +45,64 @@ struct Slices {
 Slices slices_of(int64_t N, int64_t D) {
   const int64_t wanted = std::max<int64_t>(1, ceil_div(kTargetBlocks, N));
   const int64_t most = std::max<int64_t>(1, ceil_div(D, kSliceMin));
-  int64_t splits = std::min(wanted, most);
-  const int64_t span = ceil_div(D, splits);
-  splits = ceil_div(D, span);
-  return {splits, span};
+  const int64_t splits = std::min(wanted, most);
+  const int64_t span = ceil_div(ceil_div(D, splits), kSliceAlignment) * kSliceAlignment;
+  return {std::max<int64_t>(1, ceil_div(D, span)), span};
 }
 
-// partial_squared[n * splits + s] = sum of g^2 over slice s of row n (and partial_dot of g * other).
-template <typename T, bool WithDot>
-__global__ void partial_sums_kernel(
+// Elements of T in one 16-byte pack.
+template <typename T>
+constexpr int kPack = static_cast<int>(16 / sizeof(T));
+
+template <typename T, int Width>
+struct alignas(sizeof(T) * Width) Pack {
+  T value[Width];
+};
+
+// The slice of row n that block `task` covers: [begin, end) in elements of the row.
+struct SliceBounds {
+  int64_t n, begin, end;
+};
+
+__device__ __forceinline__ SliceBounds slice_bounds(int64_t task, int64_t D, const Slices& slices) {
+  const int64_t n = task / slices.splits;
+  const int64_t begin = (task % slices.splits) * slices.span;
+  return {n, begin, begin + slices.span < D ? begin + slices.span : D};
+}
+
+// partial_squared[n * splits + s] = sum of g^2 over slice s of row n (and partial_dot of g * other). Width > 1:
+// the rows are read in packs of Width elements (the launcher checked alignment and D % Width == 0).
+template <typename T, bool WithDot, int Width>
+__global__ void __launch_bounds__(kThreads) partial_sums_kernel(
     const T* __restrict__ g, const T* __restrict__ other, int64_t D, Slices slices,
     wide_sum_t* __restrict__ partial_squared, wide_sum_t* __restrict__ partial_dot) {
-  const int64_t task = blockIdx.x;
-  const int64_t n = task / slices.splits, s = task % slices.splits;
-  const int64_t begin = s * slices.span;
-  const int64_t end = begin + slices.span < D ? begin + slices.span : D;
+  const SliceBounds slice = slice_bounds(blockIdx.x, D, slices);
+  const T* g_row = g + slice.n * D;
+  const T* other_row = WithDot ? other + slice.n * D : nullptr;
   wide_sum_t squares = 0, products = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const wide_sum_t v = to_acc(g[n * D + i]);
-    squares += v * v;
+  for (int64_t i = slice.begin + int64_t(threadIdx.x) * Width; i < slice.end; i += int64_t(kThreads) * Width) {
+    const Pack<T, Width> values = *reinterpret_cast<const Pack<T, Width>*>(g_row + i);
+    Pack<T, Width> others;
     if (WithDot) {
-      products += v * to_acc(other[n * D + i]);
+      others = *reinterpret_cast<const Pack<T, Width>*>(other_row + i);
+    }
+#pragma unroll
+    for (int j = 0; j < Width; ++j) {
+      const wide_sum_t v = to_acc(values.value[j]);
+      squares += v * v;
+      if (WithDot) {
+        products += v * to_acc(others.value[j]);
+      }
     }
   }
   squares = block_sum<kThreads>(squares);
   if (threadIdx.x == 0) {
-    partial_squared[task] = squares;
+    partial_squared[blockIdx.x] = squares;
   }
   if (WithDot) {
     products = block_sum<kThreads>(products);
     if (threadIdx.x == 0) {
-      partial_dot[task] = products;
+      partial_dot[blockIdx.x] = products;
     }
   }
 }
@@ -94,7 +131,7 @@ __device__ __forceinline__ void coefficients(
 
 // out = mean_n h(s_n); one block.
 template <typename T>
-__global__ void penalty_value_kernel(
+__global__ void __launch_bounds__(kThreads) penalty_value_kernel(
     const wide_sum_t* __restrict__ partial_squared, int64_t N, int64_t splits, double center, bool one_sided,
     T* __restrict__ out) {
   using acc_t = acc_type<T>;
@@ -114,60 +151,83 @@ __global__ void penalty_value_kernel(
   }
 }
 
-// Per row: along_gg[n] = k_n, along_g[n] = m_n d_n, weighted_dot[n] = k_n d_n (the last two only with a dot).
-template <typename T>
-__global__ void row_coefficients_kernel(
-    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t N,
-    int64_t splits, double center, bool one_sided, wide_sum_t* __restrict__ along_gg,
-    wide_sum_t* __restrict__ along_g, wide_sum_t* __restrict__ weighted_dot) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) {
-    return;
+// The sum of row n's partials, computed by the whole block (every thread gets it).
+__device__ __forceinline__ wide_sum_t block_row_total(const wide_sum_t* partial, int64_t n, int64_t splits) {
+  wide_sum_t total = 0;
+  for (int64_t s = threadIdx.x; s < splits; s += kThreads) {
+    total += partial[n * splits + s];
   }
-  wide_sum_t k, m;
-  coefficients(row_total(partial_squared, n, splits), center, one_sided, N, k, m);
-  along_gg[n] = k;
-  if (partial_dot != nullptr) {
-    const wide_sum_t dot = row_total(partial_dot, n, splits);
-    along_g[n] = m * dot;
-    weighted_dot[n] = k * dot;
-  }
+  return block_sum<kThreads>(total);
 }
 
-// out = sum_n values[n]; one block.
+// grad_grad_out = sum_n k_n d_n, by the whole block. Not inlined: its square roots and divisions are calls whose
+// saved registers would otherwise spill in the caller.
 template <typename T>
-__global__ void sum_kernel(const wide_sum_t* __restrict__ values, int64_t N, T* __restrict__ out) {
+__device__ __noinline__ void write_weighted_dot_total(
+    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t N,
+    int64_t splits, double center, bool one_sided, T* __restrict__ grad_grad_out) {
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
-    total += values[n];
+    wide_sum_t k, m;
+    coefficients(row_total(partial_squared, n, splits), wide_sum_t(center), one_sided, N, k, m);
+    total += k * row_total(partial_dot, n, splits);
   }
   total = block_sum<kThreads>(total);
   if (threadIdx.x == 0) {
-    out[0] = from_acc<T>(static_cast<acc_type<T>>(total));
+    grad_grad_out[0] = from_acc<T>(static_cast<acc_type<T>>(total));
   }
 }
 
-// grad_g = go * (along_gg[n] * gg + along_g[n] * g); gg == nullptr means the backward (gg := g, no along_g).
-template <typename T>
-__global__ void scale_rows_kernel(
+// Row n's k_n and m_n d_n (0 without partial_dot), computed by the whole block and returned to every thread.
+__device__ __noinline__ void block_row_coefficients(
+    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t n,
+    int64_t N, int64_t splits, double center, bool one_sided, wide_sum_t* k, wide_sum_t* along_g) {
+  const wide_sum_t squared = block_row_total(partial_squared, n, splits);
+  const wide_sum_t dot = partial_dot != nullptr ? block_row_total(partial_dot, n, splits) : wide_sum_t(0);
+  wide_sum_t m;
+  coefficients(squared, wide_sum_t(center), one_sided, N, *k, m);
+  *along_g = m * dot;
+}
+
+// grad_g = go * (k_n * gg + m_n d_n * g) over the block's slice, with k_n, m_n and d_n = <g_n, gg_n> from the
+// row's partials; gg == nullptr means the backward (gg := g, no m_n term). In the double backward, block 0 also
+// writes grad_grad_out = sum_n k_n d_n.
+template <typename T, int Width>
+__global__ void __launch_bounds__(kThreads) scale_rows_kernel(
     const T* __restrict__ grad_out, const T* __restrict__ g, const T* __restrict__ gg,
-    const wide_sum_t* __restrict__ along_gg, const wide_sum_t* __restrict__ along_g, int64_t N, int64_t D,
-    T* __restrict__ grad_g) {
+    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t N, int64_t D,
+    Slices slices, double center, bool one_sided, T* __restrict__ grad_g, T* __restrict__ grad_grad_out) {
   using acc_t = acc_type<T>;
+  const bool with_dot = gg != nullptr;
+  if (with_dot && blockIdx.x == 0) {
+    write_weighted_dot_total(partial_squared, partial_dot, N, slices.splits, center, one_sided, grad_grad_out);
+  }
+  const SliceBounds slice = slice_bounds(blockIdx.x, D, slices);
+  wide_sum_t k, along_g;
+  block_row_coefficients(
+      partial_squared, with_dot ? partial_dot : nullptr, slice.n, N, slices.splits, center, one_sided, &k, &along_g);
   const wide_sum_t go = to_acc(grad_out[0]);
-  const int64_t total = N * D;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t n = i / D;
-    const wide_sum_t value = to_acc(g[i]);
-    const wide_sum_t result =
-        gg == nullptr ? along_gg[n] * value : along_gg[n] * wide_sum_t(to_acc(gg[i])) + along_g[n] * value;
-    grad_g[i] = from_acc<T>(static_cast<acc_t>(go * result));
+  const T* g_row = g + slice.n * D;
+  const T* gg_row = with_dot ? gg + slice.n * D : nullptr;
+  T* out_row = grad_g + slice.n * D;
+  for (int64_t i = slice.begin + int64_t(threadIdx.x) * Width; i < slice.end; i += int64_t(kThreads) * Width) {
+    const Pack<T, Width> values = *reinterpret_cast<const Pack<T, Width>*>(g_row + i);
+    Pack<T, Width> others, results;
+    if (with_dot) {
+      others = *reinterpret_cast<const Pack<T, Width>*>(gg_row + i);
+    }
+#pragma unroll
+    for (int j = 0; j < Width; ++j) {
+      const wide_sum_t value = to_acc(values.value[j]);
+      const wide_sum_t result = with_dot ? k * wide_sum_t(to_acc(others.value[j])) + along_g * value : k * value;
+      results.value[j] = from_acc<T>(static_cast<acc_t>(go * result));
+    }
+    *reinterpret_cast<Pack<T, Width>*>(out_row + i) = results;
   }
 }
 
 template <typename T>
-__global__ void interpolate_kernel(
+__global__ void __launch_bounds__(kThreads) interpolate_kernel(
     const T* __restrict__ real, const T* __restrict__ fake, const acc_type<T>* __restrict__ eps, int64_t N,
     int64_t D, T* __restrict__ out) {
   using acc_t = acc_type<T>;
@@ -183,19 +243,54 @@ unsigned elementwise_blocks(int64_t total) {
   return static_cast<unsigned>(std::min<int64_t>(kMaxBlocks, std::max<int64_t>(1, ceil_div(total, kThreads))));
 }
 
-unsigned row_blocks(int64_t N) {
-  return static_cast<unsigned>(ceil_div(N, kThreads));
+// Whether rows of D elements starting at each of `pointers` can be read in 16-byte packs of T.
+template <typename T>
+bool rows_fit_packs(int64_t D, std::initializer_list<const void*> pointers) {
+  if (D % kPack<T> != 0) {
+    return false;
+  }
+  for (const void* pointer : pointers) {
+    if (pointer != nullptr && reinterpret_cast<std::uintptr_t>(pointer) % 16 != 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
-// Workspace layout: partial_squared [N * splits], partial_dot [N * splits], along_gg [N], along_g [N],
-// weighted_dot [N].
+// Workspace layout: partial_squared [N * splits], partial_dot [N * splits].
 struct Workspace {
-  wide_sum_t *partial_squared, *partial_dot, *along_gg, *along_g, *weighted_dot;
+  wide_sum_t *partial_squared, *partial_dot;
 };
 
 Workspace split_workspace(wide_sum_t* base, int64_t N, const Slices& slices) {
-  const int64_t partials = N * slices.splits;
-  return {base, base + partials, base + 2 * partials, base + 2 * partials + N, base + 2 * partials + 2 * N};
+  return {base, base + N * slices.splits};
+}
+
+template <typename T, bool WithDot>
+void launch_partial_sums(const T* g, const T* other, int64_t N, int64_t D, const Slices& slices, const Workspace& ws,
+                         cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(N * slices.splits);
+  if (rows_fit_packs<T>(D, {g, other})) {
+    partial_sums_kernel<T, WithDot, kPack<T>><<<blocks, kThreads, 0, stream>>>(
+        g, other, D, slices, ws.partial_squared, ws.partial_dot);
+  } else {
+    partial_sums_kernel<T, WithDot, 1><<<blocks, kThreads, 0, stream>>>(
+        g, other, D, slices, ws.partial_squared, ws.partial_dot);
+  }
+}
+
+template <typename T>
+void launch_scale_rows(const T* grad_out, const T* g, const T* gg, int64_t N, int64_t D, const Slices& slices,
+                       const Workspace& ws, double center, bool one_sided, T* grad_g, T* grad_grad_out,
+                       cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(N * slices.splits);
+  if (rows_fit_packs<T>(D, {g, gg, grad_g})) {
+    scale_rows_kernel<T, kPack<T>><<<blocks, kThreads, 0, stream>>>(
+        grad_out, g, gg, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g, grad_grad_out);
+  } else {
+    scale_rows_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(
+        grad_out, g, gg, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g, grad_grad_out);
+  }
 }
 
 }  // namespace
@@ -205,7 +300,7 @@ int64_t partial_splits(int64_t N, int64_t D) {
 }
 
 int64_t workspace_elements(int64_t N, int64_t D) {
-  return 2 * N * partial_splits(N, D) + 3 * N;
+  return 2 * N * partial_splits(N, D);
 }
 
 template <typename T>
@@ -214,10 +309,8 @@ cudaError_t penalty_forward(
     cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
-  partial_sums_kernel<T, false><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
-      g, nullptr, D, slices, ws.partial_squared, nullptr);
-  penalty_value_kernel<T><<<1, kThreads, 0, stream>>>(
-      ws.partial_squared, N, slices.splits, center, one_sided, out);
+  launch_partial_sums<T, false>(g, nullptr, N, D, slices, ws, stream);
+  penalty_value_kernel<T><<<1, kThreads, 0, stream>>>(ws.partial_squared, N, slices.splits, center, one_sided, out);
   return cudaGetLastError();
 }
 
@@ -227,13 +320,8 @@ cudaError_t penalty_backward(
     T* grad_g, cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
-  partial_sums_kernel<T, false><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
-      g, nullptr, D, slices, ws.partial_squared, nullptr);
-  row_coefficients_kernel<T><<<row_blocks(N), kThreads, 0, stream>>>(
-      ws.partial_squared, nullptr, N, slices.splits, center, one_sided, ws.along_gg, nullptr,
-      nullptr);
-  scale_rows_kernel<T><<<elementwise_blocks(N * D), kThreads, 0, stream>>>(
-      grad_out, g, nullptr, ws.along_gg, nullptr, N, D, grad_g);
+  launch_partial_sums<T, false>(g, nullptr, N, D, slices, ws, stream);
+  launch_scale_rows<T>(grad_out, g, nullptr, N, D, slices, ws, center, one_sided, grad_g, nullptr, stream);
   return cudaGetLastError();
 }
 
@@ -243,14 +331,8 @@ cudaError_t penalty_double_backward(
     wide_sum_t* workspace, T* grad_grad_out, T* grad_g, cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
-  partial_sums_kernel<T, true><<<static_cast<unsigned>(N * slices.splits), kThreads, 0, stream>>>(
-      g, gg, D, slices, ws.partial_squared, ws.partial_dot);
-  row_coefficients_kernel<T><<<row_blocks(N), kThreads, 0, stream>>>(
-      ws.partial_squared, ws.partial_dot, N, slices.splits, center, one_sided, ws.along_gg,
-      ws.along_g, ws.weighted_dot);
-  sum_kernel<T><<<1, kThreads, 0, stream>>>(ws.weighted_dot, N, grad_grad_out);
-  scale_rows_kernel<T><<<elementwise_blocks(N * D), kThreads, 0, stream>>>(
-      grad_out, g, gg, ws.along_gg, ws.along_g, N, D, grad_g);
+  launch_partial_sums<T, true>(g, gg, N, D, slices, ws, stream);
+  launch_scale_rows<T>(grad_out, g, gg, N, D, slices, ws, center, one_sided, grad_g, grad_grad_out, stream);
   return cudaGetLastError();
 }
 

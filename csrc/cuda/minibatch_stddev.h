@@ -15,11 +15,15 @@
 namespace ganops {
 namespace cuda_kernels {
 
-// out[N, C + F, H, W] = cat(x, statistic).
+// Elements of the partials workspace that the forward and the double backward need (one per block of their
+// split pass over positions).
+int64_t minibatch_stddev_partials(const MinibatchStddevGeometry& geo);
+
+// out[N, C + F, H, W] = cat(x, statistic); partials holds minibatch_stddev_partials(geo) elements.
 template <typename T>
 cudaError_t minibatch_stddev_forward(
-    const T* x, Strides4 x_strides, T* out, Strides4 out_strides, const MinibatchStddevGeometry& geo, double eps,
-    cudaStream_t stream);
+    const T* x, Strides4 x_strides, T* out, Strides4 out_strides, wide_sum_t* partials,
+    const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream);
 
 // grad_x[N, C, H, W] from grad_out[N, C + F, H, W]. grad_stat_workspace holds M * F elements; it carries
 // the per-(m, f) sums of grad_out's statistic channels from the first kernel to the second.
@@ -28,12 +32,13 @@ cudaError_t minibatch_stddev_backward(
     const T* grad_out, Strides4 grad_out_strides, const T* x, Strides4 x_strides, T* grad_x, Strides4 grad_x_strides,
     acc_type<T>* grad_stat_workspace, const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream);
 
-// grad_grad_out[N, C + F, H, W] and grad_x[N, C, H, W] from grad_grad_x[N, C, H, W].
+// grad_grad_out[N, C + F, H, W] and grad_x[N, C, H, W] from grad_grad_x[N, C, H, W]; partials holds
+// minibatch_stddev_partials(geo) elements.
 template <typename T>
 cudaError_t minibatch_stddev_double_backward(
     const T* grad_grad_x, Strides4 grad_grad_x_strides, const T* grad_out, Strides4 grad_out_strides, const T* x,
     Strides4 x_strides, T* grad_grad_out, Strides4 grad_grad_out_strides, T* grad_x, Strides4 grad_x_strides,
-    const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream);
+    wide_sum_t* partials, const MinibatchStddevGeometry& geo, double eps, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace ganops

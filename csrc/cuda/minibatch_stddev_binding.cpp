@@ -18,11 +18,12 @@ namespace {
 at::Tensor minibatch_stddev_cuda(const at::Tensor& x, int64_t group_size, int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto args = prepare_forward(x, group_size, num_channels, eps);
+  auto partials = at::empty({cuda_kernels::minibatch_stddev_partials(args.geo)}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_cuda", [&] {
     check_launch(
         cuda_kernels::minibatch_stddev_forward(
-            input_ptr<scalar_t>(x), strides_of(x), output_ptr<scalar_t>(args.out), strides_of(args.out), args.geo,
-            eps, at::cuda::getCurrentCUDAStream()),
+            input_ptr<scalar_t>(x), strides_of(x), output_ptr<scalar_t>(args.out), strides_of(args.out),
+            partials.mutable_data_ptr<wide_sum_t>(), args.geo, eps, at::cuda::getCurrentCUDAStream()),
         "ganops::minibatch_stddev_cpp");
   });
   return args.out;
@@ -49,14 +50,15 @@ std::tuple<at::Tensor, at::Tensor> minibatch_stddev_double_backward_cuda(
     int64_t num_channels, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto args = prepare_double_backward(grad_grad_x, grad_out, x, group_size, num_channels, eps);
+  auto partials = at::empty({cuda_kernels::minibatch_stddev_partials(args.geo)}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_stddev_double_backward_cuda", [&] {
         check_launch(
             cuda_kernels::minibatch_stddev_double_backward(
                 input_ptr<scalar_t>(grad_grad_x), strides_of(grad_grad_x), input_ptr<scalar_t>(grad_out),
                 strides_of(grad_out), input_ptr<scalar_t>(x), strides_of(x), output_ptr<scalar_t>(args.grad_grad_out),
-                strides_of(args.grad_grad_out), output_ptr<scalar_t>(args.grad_x), strides_of(args.grad_x), args.geo,
-                eps, at::cuda::getCurrentCUDAStream()),
+                strides_of(args.grad_grad_out), output_ptr<scalar_t>(args.grad_x), strides_of(args.grad_x),
+                partials.mutable_data_ptr<wide_sum_t>(), args.geo, eps, at::cuda::getCurrentCUDAStream()),
             "ganops::minibatch_stddev_double_backward_cpp");
       });
   return {args.grad_grad_out, args.grad_x};

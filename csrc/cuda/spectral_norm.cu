@@ -425,35 +425,36 @@ cudaError_t spectral_norm_forward(
   return cudaGetLastError();
 }
 
+cudaError_t spectral_norm_backward_workspace(int64_t num_layers, int64_t* elements) {
+  int blocks = 0;
+  const cudaError_t error = grid_blocks(&blocks);
+  if (error == cudaSuccess) {
+    *elements = static_cast<int64_t>(blocks) * num_layers;
+  }
+  return error;
+}
+
 template <typename T>
 cudaError_t spectral_norm_backward(
-    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, cudaStream_t stream) {
+    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, acc_type<T>* partials, cudaStream_t stream) {
   if (num_layers == 0) {
     return cudaSuccess;
   }
   int blocks = 0;
-  cudaError_t error = grid_blocks(&blocks);
-  if (error != cudaSuccess) {
-    return error;
-  }
-  // The binding passes no workspace for the backward: blocks * layers accumulators, stream-ordered.
-  acc_type<T>* partials = nullptr;
-  error = cudaMallocAsync(
-      reinterpret_cast<void**>(&partials), sizeof(acc_type<T>) * static_cast<size_t>(blocks) * num_layers, stream);
+  const cudaError_t error = grid_blocks(&blocks);
   if (error != cudaSuccess) {
     return error;
   }
   projection_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, partials);
   grad_weight_kernel<T><<<blocks, kThreads, 0, stream>>>(layers, num_layers, partials);
-  error = cudaGetLastError();
-  const cudaError_t freed = cudaFreeAsync(partials, stream);
-  return error != cudaSuccess ? error : freed;
+  return cudaGetLastError();
 }
 
 #define GANOPS_INSTANTIATE_SPECTRAL_NORM(T)                                                                  \
   template cudaError_t spectral_norm_forward<T>(                                                             \
       const SpectralNormForwardLayer<T>*, int64_t, int64_t, double, cudaStream_t);                           \
-  template cudaError_t spectral_norm_backward<T>(const SpectralNormBackwardLayer<T>*, int64_t, cudaStream_t);
+  template cudaError_t spectral_norm_backward<T>(                                                            \
+      const SpectralNormBackwardLayer<T>*, int64_t, acc_type<T>*, cudaStream_t);
 
 GANOPS_INSTANTIATE_SPECTRAL_NORM(double)
 GANOPS_INSTANTIATE_SPECTRAL_NORM(float)

@@ -6,7 +6,8 @@
 // launches of a grid that fills the GPU, whatever the layers' sizes (work list over all layers: see
 // spectral_norm.cu); arithmetic in acc_type<T> (double for double, float otherwise). The per-layer
 // descriptors live in device memory (the binding copies them there with one host-to-device copy). The
-// backward takes a small workspace (blocks x layers accumulators) from the stream-ordered allocator.
+// backward takes a small workspace (blocks x layers accumulators) that the binding allocates from torch's
+// caching allocator, so it is reused across calls and ordered on torch's current stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -53,9 +54,12 @@ cudaError_t spectral_norm_forward(
     const SpectralNormForwardLayer<T>* layers, int64_t num_layers, int64_t n_power_iterations, double eps,
     cudaStream_t stream);
 
+// Elements of acc_type<T> the backward of num_layers layers needs as workspace on the current device.
+cudaError_t spectral_norm_backward_workspace(int64_t num_layers, int64_t* elements);
+
 template <typename T>
 cudaError_t spectral_norm_backward(
-    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, cudaStream_t stream);
+    const SpectralNormBackwardLayer<T>* layers, int64_t num_layers, acc_type<T>* partials, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace ganops

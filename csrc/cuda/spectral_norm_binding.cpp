@@ -96,6 +96,11 @@ std::vector<at::Tensor> backward_group(
     vs.push_back(vs_in[i].contiguous());
     out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
   }
+  int64_t workspace_elements = 0;
+  check_launch(
+      cuda_kernels::spectral_norm_backward_workspace(static_cast<int64_t>(weight_mats.size()), &workspace_elements), op);
+  const auto workspace = at::empty(
+      {workspace_elements}, weight_mats[0].options().dtype(accumulate_dtype(weight_mats[0].scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
     using T = cuda_type_t<scalar_t>;
     using acc_t = acc_type<T>;
@@ -114,7 +119,7 @@ std::vector<at::Tensor> backward_group(
     check_launch(
         cuda_kernels::spectral_norm_backward<T>(
             reinterpret_cast<const cuda_kernels::SpectralNormBackwardLayer<T>*>(table.const_data_ptr<uint8_t>()),
-            static_cast<int64_t>(layers.size()), at::cuda::getCurrentCUDAStream()),
+            static_cast<int64_t>(layers.size()), workspace.mutable_data_ptr<acc_t>(), at::cuda::getCurrentCUDAStream()),
         op);
   });
   return out;
