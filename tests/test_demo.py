@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ganops import __main__ as cli
+from ganops import data
 from ganops.data import ShapesDataset, random_batch, render
 from ganops.demo import _settled_range, image_grid, write_loss_curve, write_png
 from ganops.training import GANTrainer
@@ -80,6 +81,49 @@ def test_bad_dataset_arguments_name_the_argument():
         random_batch(0, torch.Generator())
     with pytest.raises(IndexError):
         ShapesDataset(4)[4]
+    for hues in ((0.5, 0.2), (0.0, 1.5), (0.1,), [0.0, 0.5], (True, 1.0)):
+        with pytest.raises(ValueError, match="hues"):
+            random_batch(2, torch.Generator(), hues=hues)
+
+
+def test_hues_restrict_the_shapes_colours_and_the_swap_moves_them_a_third_back():
+    generator = torch.Generator().manual_seed(4)
+    everything = random_batch(128, generator, 16)
+    reds = random_batch(128, generator, 16, hues=data.CYCLEGAN_HUES)
+    assert data.hue_fraction(reds, data.CYCLEGAN_HUES) > 0.98
+    assert data.hue_fraction(data.swap_colours(reds), (2 / 3, 1.0)) > 0.98
+    assert data.hue_fraction(data.swap_colours(reds), data.CYCLEGAN_HUES) < 0.02
+    # Every hue: about a third of the pixels in each third of the circle; a wrapping range through red.
+    assert 0.2 < data.hue_fraction(everything, (0.0, 1 / 3)) < 0.47
+    assert data.hue_fraction(everything, (5 / 6, 1 / 6)) == pytest.approx(
+        data.hue_fraction(everything, (5 / 6, 1.0)) + data.hue_fraction(everything, (0.0, 1 / 6)), abs=1e-9
+    )
+    pure = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1]]).view(3, 3, 1, 1)
+    assert [data.hue_fraction(pure[i : i + 1], (c - 0.01, c + 0.01)) for i, c in enumerate((0.0, 1 / 3, 2 / 3))] == [1.0] * 3
+    assert data.hue_fraction(torch.zeros(2, 3, 4, 4), (0.0, 1.0)) == 0.0
+    with pytest.raises(ValueError, match="images"):
+        data.hue_fraction(torch.zeros(3, 4, 4), (0.0, 1.0))
+
+
+def test_sliced_wasserstein_distance_separates_the_data_from_noise():
+    generator = torch.Generator().manual_seed(5)
+    real, other_real = random_batch(256, generator, 8), random_batch(256, generator, 8)
+    noise = torch.rand(real.shape, generator=generator) * 2 - 1
+    assert data.sliced_wasserstein_distance(real, real) == 0.0
+    between_real = data.sliced_wasserstein_distance(real, other_real)
+    assert between_real < 0.06
+    assert data.sliced_wasserstein_distance(noise, real) > 8 * between_real
+    assert data.sliced_wasserstein_distance(torch.zeros_like(real), real) > 8 * between_real
+    # Symmetric, independent of the order of the samples, and fixed by the seed.
+    assert data.sliced_wasserstein_distance(other_real, real) == pytest.approx(between_real, rel=1e-12)
+    assert data.sliced_wasserstein_distance(real.flip(0), other_real) == pytest.approx(between_real, rel=1e-12)
+    assert data.sliced_wasserstein_distance(real, other_real, seed=1) != between_real
+    # A shift by c along every pixel moves each projection by c * sum(direction): the distance grows with c.
+    assert data.sliced_wasserstein_distance(real + 0.5, real) > data.sliced_wasserstein_distance(real + 0.1, real)
+    with pytest.raises(ValueError, match="one shape"):
+        data.sliced_wasserstein_distance(real, real[:10])
+    with pytest.raises(ValueError, match="projections"):
+        data.sliced_wasserstein_distance(real, real, projections=0)
 
 
 def test_png_writer_and_grid_round_trip(tmp_path):

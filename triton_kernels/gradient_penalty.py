@@ -7,8 +7,8 @@ output: contiguous, or channels_last for channels_last 4-d inputs). The per-samp
 slice of a row into a partial buffer, so that a small batch with large samples still fills the GPU. Later
 kernels add the ``splits`` partials of their row in a fixed order, so results are deterministic, in chunks of
 at most ``_SPLIT_CHUNK`` (a ``[BLOCK_N, next_pow2(splits)]`` tile, up to ``[128, 2048]``, spilled). The scalar
-outputs (the penalty and the gradient of ``go``) are reduced over ``N`` by a single program, also in a fixed
-order. Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
+outputs are reduced over ``N`` in a fixed order by a single program: the penalty by a launch of its own, the
+gradient of ``go`` by program 0 of the double backward's grid (every direction is two launches). Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
 65535 blocks, which ``cdiv(D, BLOCK_D)`` exceeds above ~67M elements per sample.
 """
 
@@ -33,6 +33,9 @@ _TARGET_PROGRAMS = 2048
 _SPLIT_CHUNK = 32
 # Warps of the single-program reductions over the batch: their [BLOCK_N, BLOCK_S] tiles spilled at 4 warps.
 _REDUCTION_WARPS = 8
+# Rows per iteration of the reduction over the batch that program 0 of the double backward runs beside its tile
+# (4 warps, like the rest of that grid: a smaller tile than _BLOCK_N keeps it in registers).
+_FUSED_BLOCK_N = 32
 
 
 
@@ -170,9 +173,18 @@ def _backward_kernel(
 @triton.jit
 def _double_backward_kernel(
     grad_out_ptr, g_ptr, g_sn, g_sd, gg_ptr, gg_sn, gg_sd, out_ptr, out_sn, out_sd, scale_ptr, squared_ptr, dot_ptr,
-    D, splits, center_high, center_low, two_over_n_high, two_over_n_low,
-    tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    grad_grad_out_ptr, N, D, splits, center_high, center_low, two_over_n_high, two_over_n_low,
+    tiles, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):
+    """``grad_g`` over one tile of one row; program 0 also writes ``grad_grad_out = sum_n k_n d_n`` (one launch
+    fewer than a separate reduction)."""
+    if tl.program_id(0) == 0:
+        total = _weighted_dot_total(
+            scale_ptr, squared_ptr, dot_ptr, N, splits, _join(center_high, center_low, COMPUTE_DTYPE),
+            _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE), BLOCK_N, BLOCK_S, ONE_SIDED, COMPUTE_DTYPE,
+        )
+        tl.store(grad_grad_out_ptr, total.to(grad_grad_out_ptr.dtype.element_ty))
     n = (tl.program_id(0) // tiles).to(tl.int64)
     row = n + tl.zeros([1], dtype=tl.int64)
     norm = tl.sum(_row_norm(scale_ptr, squared_ptr, row, splits, BLOCK_S), axis=0)
@@ -194,13 +206,11 @@ def _double_backward_kernel(
 
 
 @triton.jit
-def _grad_of_grad_out_kernel(
-    scale_ptr, squared_ptr, dot_ptr, out_ptr, N, splits, center_high, center_low, two_over_n_high, two_over_n_low,
+def _weighted_dot_total(
+    scale_ptr, squared_ptr, dot_ptr, N, splits, center, two_over_n,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    """``sum_n k_n d_n``."""
-    center = _join(center_high, center_low, COMPUTE_DTYPE)
-    two_over_n = _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE)
+    """``sum_n k_n d_n``, the gradient of the double backward's ``go``, in a fixed order."""
     total = tl.zeros([BLOCK_N], dtype=COMPUTE_DTYPE)
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
@@ -208,7 +218,7 @@ def _grad_of_grad_out_kernel(
         norm = _row_norm(scale_ptr, squared_ptr, safe_rows, splits, BLOCK_S)
         dot = _row_total(dot_ptr, safe_rows, splits, BLOCK_S)
         total += tl.where(rows < N, _times_k(dot, norm, center, two_over_n, ONE_SIDED), 0.0)
-    tl.store(out_ptr, tl.sum(total, axis=0).to(out_ptr.dtype.element_ty))
+    return tl.sum(total, axis=0)
 
 
 @triton.jit
@@ -346,24 +356,19 @@ def double_backward_plan(
     scale, squared, dot, splits, partial_sums = _partial_sums_plan(rows, gg_rows, compute_dtype)
     n, d = rows.shape
     tiles = triton.cdiv(d, _BLOCK_D)
-    meta = dict(BLOCK_S=_block_s(splits), ONE_SIDED=one_sided, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype))
+    grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
+    block_s = _block_s(splits)
     grad_of_grad = Launch(
         _double_backward_kernel, check_grid((n * tiles,)),
         (grad_out, rows, *rows.stride(), gg_rows, *gg_rows.stride(), out_rows, *out_rows.stride(), scale, squared, dot,
-         d, splits, *_halves(center), *_halves(2.0 / n), tiles),
-        dict(BLOCK_D=_BLOCK_D, **meta),
-        bytes_moved=3 * rows.numel() * rows.element_size() + 3 * n * tiles * splits * squared.element_size(),
-        label=f"BD={_BLOCK_D} BS={meta['BLOCK_S']}",
+         grad_grad_out, n, d, splits, *_halves(center), *_halves(2.0 / n), tiles),
+        dict(BLOCK_D=_BLOCK_D, BLOCK_N=_FUSED_BLOCK_N, BLOCK_S=block_s, ONE_SIDED=one_sided,
+             COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        # g and gg read, grad_g written; every program reads its row's partials, program 0 all of them.
+        bytes_moved=3 * rows.numel() * rows.element_size() + (3 * n * tiles + 3 * n) * splits * squared.element_size(),
+        label=f"BD={_BLOCK_D} BN={_FUSED_BLOCK_N} BS={block_s}",
     )
-    grad_grad_out = torch.empty((), dtype=grad_out.dtype, device=grad.device)
-    grad_of_grad_out = Launch(
-        _grad_of_grad_out_kernel, (1,),
-        (scale, squared, dot, grad_grad_out, n, splits, *_halves(center), *_halves(2.0 / n)),
-        dict(BLOCK_N=_BLOCK_N, num_warps=_REDUCTION_WARPS, **meta),
-        bytes_moved=3 * squared.numel() * squared.element_size(),
-        label=f"BN={_BLOCK_N} BS={meta['BLOCK_S']}",
-    )
-    return (grad_grad_out, out), [partial_sums, grad_of_grad, grad_of_grad_out]
+    return (grad_grad_out, out), [partial_sums, grad_of_grad]
 
 
 def double_backward(
@@ -411,6 +416,5 @@ KERNELS = {
     "penalty_value": _penalty_value_kernel,
     "backward": _backward_kernel,
     "double_backward": _double_backward_kernel,
-    "grad_of_grad_out": _grad_of_grad_out_kernel,
     "interpolate": _interpolate_kernel,
 }
