@@ -625,6 +625,34 @@ def test_cuda_matches_reference(backend, dtype, layout, shape):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_rows_that_start_off_a_16_byte_boundary(backend, dtype):
+    """Rows whose length is a multiple of every 16-byte pack but whose storage starts one element off: the CUDA
+    kernels take their element-by-element path there and their packed path on the aligned copy; both agree with
+    the reference and with each other up to the order of the sums."""
+    require_backend(backend, "cuda")
+    generator = torch.Generator().manual_seed(3)
+    shape, numel = (6, 8, 4, 8), 6 * 8 * 4 * 8
+    values = torch.randn(2 * numel + 1, generator=generator, dtype=torch.float64) / (8 * 4 * 8) ** 0.5
+    storage = values.to("cuda", dtype)
+    grad, gg = storage[1 : numel + 1].view(shape), storage[numel + 1 :].view(shape)
+    assert grad.data_ptr() % 16 != 0
+    grad_out = torch.tensor(0.7, device="cuda", dtype=dtype)
+    for setting in [(1.0, False), (0.0, False), (1.0, True)]:
+        offset = autograd_derivatives(lambda g: gradient_norm_penalty(g, *setting, backend=backend), grad, grad_out, gg)
+        aligned = autograd_derivatives(
+            lambda g: gradient_norm_penalty(g, *setting, backend=backend), grad.clone(), grad_out, gg.clone()
+        )
+        expected = autograd_derivatives(
+            lambda g: reference.gradient_penalty(g, *setting), grad.double(), grad_out.double(), gg.double()
+        )
+        for got, other, want in zip(offset, aligned, expected):
+            assert relative_error(got.double(), want, floor=setting[0] ** 2) <= TOLERANCE[dtype], setting
+            assert relative_error(got.double(), other.double(), floor=setting[0] ** 2) <= TOLERANCE[dtype], setting
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_cuda_opcheck_compile_and_penalty(backend):
     require_backend(backend, "cuda")
     grad = torch.randn(8, 3, 16, 16, device="cuda", requires_grad=True)

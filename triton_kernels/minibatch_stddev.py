@@ -11,8 +11,8 @@ few pairs (StyleGAN2's N=32, G=4, one statistic at 4x4x512: 8 pairs). The forwar
 statistic channel is a mean over all ``K`` positions, run in two launches: programs over (pair, span of tiles)
 write the per-position outputs and one partial sum each, then one program per pair adds its partials in a fixed
 order and fills the statistic channel. The split depends on the shape only (not on the device), so the order of
-every sum, and the result, is the same on every GPU. The backward needs no reduction over positions and runs one
-program per (pair, tile). Grids are one-dimensional (grid axis 1 is limited to 65535 blocks). ``eps`` reaches the kernels as a one-element tensor of the compute dtype: a Python float
+every sum, and the result, is the same on every GPU. The backward needs no reduction over positions: one program
+per pair sums ``grad_out``'s statistic channel, then one program per (pair, tile) writes ``grad_x``. Grids are one-dimensional (grid axis 1 is limited to 65535 blocks). ``eps`` reaches the kernels as a one-element tensor of the compute dtype: a Python float
 argument is compiled as fp32, which would give float64 inputs an fp32 ``eps``.
 """
 
@@ -144,10 +144,26 @@ def _statistic_kernel(
 
 
 @triton.jit
+def _grad_stat_kernel(
+    grad_out_ptr, gs_n, gs_c, gs_h, gs_w, grad_stat_ptr,
+    slots, groups, stats, channels, height, width,
+    BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    """``grad_stat[pair]``: the sum of ``grad_out`` over the pair's statistic channel, one program per pair."""
+    pair = tl.program_id(0)
+    total = _statistic_gradient(
+        grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
+        pair // stats, slots, groups, channels + pair % stats, height, width, BLOCK_G, BLOCK_K, COMPUTE_DTYPE,
+    )
+    tl.store(grad_stat_ptr + pair, total)
+
+
+@triton.jit
 def _backward_kernel(
     grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
     x_ptr, xs_n, xs_c, xs_h, xs_w,
     grad_x_ptr, ds_n, ds_c, ds_h, ds_w,
+    grad_stat_ptr,
     slots, groups, stats, channels, per_stat, height, width, eps_ptr, tiles,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
@@ -157,10 +173,7 @@ def _backward_kernel(
     f = pair % stats
     eps = tl.load(eps_ptr)
     positions = per_stat * height * width
-    grad_stat = _statistic_gradient(
-        grad_out_ptr, gs_n, gs_c, gs_h, gs_w,
-        m, slots, groups, channels + f, height, width, BLOCK_G, BLOCK_K, COMPUTE_DTYPE,
-    )
+    grad_stat = tl.load(grad_stat_ptr + pair)
     k = (pid % tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
     values, _, mask = _load_group_tile(
         x_ptr, xs_n, xs_c, xs_h, xs_w,
@@ -328,24 +341,33 @@ def backward_plan(
     grad_out: Tensor, x: Tensor, groups: int, num_channels: int, eps: float,
     *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
 ) -> tuple[Tensor, list[Launch]]:
-    """The output of ``backward`` and its launch: one program per (pair, ``BLOCK_K`` tile), folded onto grid
-    axis 0 (``cdiv(K, BLOCK_K)`` on axis 1 would exceed its 65535 limit on large maps)."""
+    """The output of ``backward`` and its launches: the per-pair sums of ``grad_out``'s statistic channels, then
+    one program per (pair, ``BLOCK_K`` tile), folded onto grid axis 0 (``cdiv(K, BLOCK_K)`` on axis 1 would exceed
+    its 65535 limit on large maps)."""
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     params = _launch_parameters(x, groups, num_channels, compute_dtype)
     positions = params["per_stat"] * params["height"] * params["width"]
     tiles = triton.cdiv(positions, params["BLOCK_K"])
     pairs = params["slots"] * num_channels
     statistic_elements = x.shape[0] * num_channels * x.shape[2] * x.shape[3]
-    launch = Launch(
-        _backward_kernel, check_grid((pairs * tiles,)),
-        (grad_out, *grad_out.stride(), x, *x.stride(), grad_x, *grad_x.stride()),
-        dict(eps_ptr=scalar_tensor(eps, compute_dtype, x.device), tiles=tiles, **params),
-        # x and grad_out's passthrough read, grad_x written; every tile program re-reads its pair's statistic
-        # channel of grad_out.
-        bytes_moved=(3 * x.numel() + tiles * statistic_elements) * x.element_size(),
+    grad_stat = torch.empty(pairs, dtype=compute_dtype, device=x.device)
+    statistic_gradient = Launch(
+        _grad_stat_kernel, check_grid((pairs,)),
+        (grad_out, *grad_out.stride(), grad_stat),
+        {key: params[key] for key in ("slots", "groups", "stats", "channels", "height", "width", "BLOCK_G", "BLOCK_K",
+                                      "COMPUTE_DTYPE")},
+        bytes_moved=statistic_elements * x.element_size() + grad_stat.numel() * grad_stat.element_size(),
         label=_label(params),
     )
-    return grad_x, [launch]
+    launch = Launch(
+        _backward_kernel, check_grid((pairs * tiles,)),
+        (grad_out, *grad_out.stride(), x, *x.stride(), grad_x, *grad_x.stride(), grad_stat),
+        dict(eps_ptr=scalar_tensor(eps, compute_dtype, x.device), tiles=tiles, **params),
+        # x and grad_out's passthrough read, grad_x written.
+        bytes_moved=3 * x.numel() * x.element_size() + pairs * tiles * grad_stat.element_size(),
+        label=_label(params),
+    )
+    return grad_x, [statistic_gradient, launch]
 
 
 def backward(
@@ -411,6 +433,7 @@ def double_backward(
 KERNELS = {
     "forward": _forward_kernel,
     "statistic": _statistic_kernel,
+    "grad_stat": _grad_stat_kernel,
     "backward": _backward_kernel,
     "double_backward": _double_backward_kernel,
 }
