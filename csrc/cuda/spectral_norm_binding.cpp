@@ -58,7 +58,9 @@ GroupOutputs forward_group(
   auto out = allocate_spectral_norm_outputs(weight_mats, us, vs);
   const auto acc_dtype = accumulate_dtype(weight_mats[0].scalar_type());
   auto work = at::empty({work_size}, weight_mats[0].options().dtype(acc_dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
+  // The dispatch name must be a constant expression (torch 2.14); `op` names the op in launch errors.
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), "spectral_norm_forward_cuda", [&] {
     using T = cuda_type_t<scalar_t>;
     using acc_t = acc_type<T>;
     std::vector<cuda_kernels::SpectralNormForwardLayer<T>> layers;
@@ -97,11 +99,13 @@ std::vector<at::Tensor> backward_group(
     out.push_back(at::empty(weight_mats[i].sizes(), weight_mats[i].options().memory_format(at::MemoryFormat::Contiguous)));
   }
   int64_t workspace_elements = 0;
-  check_launch(
-      cuda_kernels::spectral_norm_backward_workspace(static_cast<int64_t>(weight_mats.size()), &workspace_elements), op);
+  const auto num_layers = static_cast<int64_t>(weight_mats.size());
+  check_launch(cuda_kernels::spectral_norm_backward_workspace(num_layers, &workspace_elements), op);
   const auto workspace = at::empty(
       {workspace_elements}, weight_mats[0].options().dtype(accumulate_dtype(weight_mats[0].scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), op, [&] {
+  // The dispatch name must be a constant expression (torch 2.14); `op` names the op in launch errors.
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, weight_mats[0].scalar_type(), "spectral_norm_backward_cuda", [&] {
     using T = cuda_type_t<scalar_t>;
     using acc_t = acc_type<T>;
     std::vector<cuda_kernels::SpectralNormBackwardLayer<T>> layers;
