@@ -176,8 +176,8 @@ class GAN(Recipe):
     ops = "losses.minimax / non_saturating"
     DEFAULTS = {"generator_loss": "non-saturating", "hidden": 256, "lr": 2e-4}
     demo_steps = 2000
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         pixels, hidden = 3 * self.config.image_size**2, self.options["hidden"]
         self.generator = nn.Sequential(
@@ -220,8 +220,8 @@ class DCGAN(Recipe):
     paper = "Radford et al. 2016, Unsupervised Representation Learning with DCGANs"
     ops = "models.DCGAN*, losses.non_saturating"
     DEFAULTS = {"loss": "non-saturating", "lr": 2e-4, "betas": (0.5, 0.999)}
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair()
 
@@ -278,8 +278,8 @@ class WGAN(Recipe):
     ops = "clip_weights_, losses.wasserstein"
     DEFAULTS = {"n_critic": 5, "clip_value": 0.01, "lr": 5e-5}
     demo_steps = 200
-
     demo_options = {"lr": 5e-4}
+
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair(normalization="batch")
 
@@ -316,8 +316,8 @@ class WGANGP(Recipe):
     ops = "gradient_penalty (fused, double backward), losses.wasserstein"
     DEFAULTS = {"n_critic": 5, "penalty_weight": 10.0, "lr": 1e-4}
     demo_steps = 150
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         self.generator, self.discriminator = self.dcgan_pair(normalization="none")
 
@@ -358,8 +358,8 @@ class SAGAN(Recipe):
     DEFAULTS = {"lr_g": 1e-4, "lr_d": 4e-4}
     demo_steps = 150
     demo_width = 8
-
     demo_options = {"lr_g": 5e-4, "lr_d": 2e-3}
+
     def build(self) -> None:
         config = self.config
         self.generator, self.discriminator = models.build(
@@ -432,8 +432,8 @@ class ImprovedGAN(Recipe):
         "lr": 2e-4, "real_label": 0.9, "historical_weight": 1e-3, "reference_size": 16, "num_kernels": 16, "kernel_dim": 4,
     }
     demo_steps = 400
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         config, options = self.config, self.options
         generator, _ = self.dcgan_pair()
@@ -664,6 +664,7 @@ class BEGAN(Recipe):
     # k_t follows the balance 50x faster than the paper's lambda_k (which is tuned for 100k+ steps); gamma 0.75
     # (diversity) learnt the data in fewer steps than 0.5 at 8x8.
     demo_options = {"lr": 1e-3, "lambda_k": 0.05, "gamma": 0.75}
+
     def build(self) -> None:
         config, hidden = self.config, self.options["hidden"]
         self.generator = nn.Sequential(_BEGANDecoder(config.z_dim, config.image_size, config.width), nn.Tanh())
@@ -707,8 +708,8 @@ class InfoGAN(Recipe):
     paper = "Chen et al. 2016, InfoGAN"
     ops = "losses.info_categorical_loss, info_gaussian_loss"
     DEFAULTS = {"categories": 3, "continuous": 2, "info_weight": 1.0, "continuous_weight": 0.1, "lr_d": 2e-4, "lr_g": 1e-3}
-
     demo_options = {"lr_d": 1e-3, "lr_g": 2e-3}
+
     def build(self) -> None:
         options = self.options
         self.code_size = options["categories"] + options["continuous"]
@@ -809,8 +810,8 @@ class CycleGAN(Recipe):
     DEFAULTS = {"lr": 2e-4, "cycle_weight": 10.0, "identity_weight": 5.0, "pool_size": 50}
     demo_steps = 150
     demo_width = 8
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         width = self.config.width
         self.g_ab, self.g_ba = _cyclegan_generator(width), _cyclegan_generator(width)
@@ -899,8 +900,8 @@ class VAEGAN(Recipe):
     ops = "spectral_norm (fused), losses.vaegan_kl_loss, vaegan_feature_reconstruction_loss"
     DEFAULTS = {"lr": 3e-4, "gamma": 1e-2, "kl_weight": 1.0}
     demo_steps = 300
-
     demo_options = {"lr": 1e-3}
+
     def build(self) -> None:
         config = self.config
         self.encoder = _Encoder(config.z_dim, config.image_size, config.width)
