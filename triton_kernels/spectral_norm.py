@@ -1,11 +1,15 @@
-"""Triton kernels for spectral normalization of a group of layers: one launch per direction for the whole
-group, one program per layer. The math and notation are those of ``ganops/reference/spectral_norm.py``.
+"""Triton kernels for spectral normalization of a group of layers, the whole group in two launches per
+direction. The math and notation are those of ``ganops/reference/spectral_norm.py``.
 
-A program walks its layer's ``[R, C]`` weight matrix in ``[BLOCK_R, BLOCK_C]`` tiles, once per mat-vec of
-the power iteration and once more to write ``W / sigma``; the unnormalised ``W v`` and ``W^T u`` live in a
-compute-dtype workspace. ``sigma = u^T W v`` is ``s . v`` with ``s`` the last ``W^T u``, so a training forward
-reads ``W`` ``2 n + 1`` times, an eval forward twice. The backward reads ``G`` and ``W`` once for ``<G, W>``
-and ``G`` once more to write the gradient.
+Forward: one program per layer runs the power iteration, walking its layer's ``[R, C]`` weight matrix in
+``[BLOCK_R, BLOCK_C]`` tiles once per mat-vec (the unnormalised ``W v`` and ``W^T u`` live in a compute-dtype
+workspace) and writing ``u``, ``v`` and ``sigma``; then a second launch writes ``W / sigma`` with one program per
+tile of every layer, so that the pass that moves the most bytes (read ``W``, write ``W_sn``) is spread over the
+whole GPU instead of one SM per layer. ``sigma = u^T W v`` is ``s . v`` with ``s`` the last ``W^T u``, so a training
+forward reads ``W`` ``2 n + 1`` times, an eval forward twice. Backward: one program per block of ``BLOCK_R`` rows
+of every layer sums ``G * W`` over its rows into a partial, then one program per tile adds its layer's partials
+(in order: ``<G, W>``) and writes the gradient; ``G`` is read twice and ``W`` once. A tile program finds its layer
+in a table of the layers' first program indices.
 
 The layers are reached without packing: every tensor of a list is addressed as ``base + element offset``,
 the offset of its data from the list's first tensor, kept in one int64 table (one host-to-device copy).
@@ -21,7 +25,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import Launch, run_launches, scalar_tensor, scaled_norm, scaled_squares_add, triton_compute_dtype
+from ._common import (
+    Launch, check_grid, run_launches, scalar_tensor, scaled_norm, scaled_squares_add, triton_compute_dtype,
+)
 
 BLOCK_R = 32
 BLOCK_C = 128
@@ -30,6 +36,9 @@ NUM_WARPS = 8
 # The forward runs one program per layer (a few per SM at most), so its 8 warps may hold the whole register file:
 # left to itself ptxas stopped at 128 registers and spilled 80-104 B of the power iteration's state (fp32).
 FORWARD_MAX_REGISTERS = 255
+
+# Partials of a layer's <G, W> added per step by the backward's tile programs.
+_MAX_BLOCK_P = 64
 
 # Entries per layer of the int64 tables; the kernels name them as they read them.
 _FORWARD_COLUMNS = 13
@@ -49,7 +58,7 @@ def _tile(base, row_stride, col_stride, r, c, rows, cols, COMPUTE_DTYPE: tl.cons
 
 @triton.jit
 def _forward_kernel(
-    meta_ptr, w_ptr, u_ptr, v_ptr, wsn_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr, eps_ptr,
+    meta_ptr, w_ptr, u_ptr, v_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr, eps_ptr,
     n_power_iterations,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVAL: tl.constexpr,
     COLUMNS: tl.constexpr,
@@ -62,7 +71,6 @@ def _forward_kernel(
     cols = tl.load(row_meta + 4)
     u_in = u_ptr + tl.load(row_meta + 5)
     v_in = v_ptr + tl.load(row_meta + 6)
-    wsn = wsn_ptr + tl.load(row_meta + 7)
     u_out = uo_ptr + tl.load(row_meta + 8)
     v_out = vo_ptr + tl.load(row_meta + 9)
     sigma_out = sigma_ptr + tl.load(row_meta + 10)
@@ -149,23 +157,52 @@ def _forward_kernel(
         c = c0 + c_base
         vv = tl.load(work_v + c, mask=c < cols, other=0.0)
         tl.store(v_out + c, vv.to(vo_ptr.dtype.element_ty), mask=c < cols)
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + r_base
-        for c0 in range(0, cols, BLOCK_C):
-            c = c0 + c_base
-            mask = _tile_mask(r, c, rows, cols)
-            tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            out = tile / sigma
-            offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
-            tl.store(wsn + offsets, out.to(wsn_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _backward_kernel(
-    meta_ptr, g_ptr, w_ptr, u_ptr, v_ptr, sigma_ptr, grad_ptr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, COLUMNS: tl.constexpr,
+def _program_layer(first_ptr, pid, num_layers, BLOCK_L: tl.constexpr):
+    """The layer whose programs include ``pid``: ``first[l]`` is layer ``l``'s first program (ascending)."""
+    index = tl.arange(0, BLOCK_L)
+    first = tl.load(first_ptr + index, mask=index < num_layers, other=2**62)
+    return tl.sum(tl.where(first <= pid, 1, 0), axis=0) - 1
+
+
+@triton.jit
+def _scale_kernel(
+    meta_ptr, first_ptr, num_layers, w_ptr, wsn_ptr, sigma_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    COLUMNS: tl.constexpr,
 ):
-    row_meta = meta_ptr + tl.program_id(0) * COLUMNS
+    """``W_sn = W / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
+    w = w_ptr + tl.load(row_meta + 0)
+    w_sr = tl.load(row_meta + 1)
+    w_sc = tl.load(row_meta + 2)
+    rows = tl.load(row_meta + 3)
+    cols = tl.load(row_meta + 4)
+    wsn = wsn_ptr + tl.load(row_meta + 7)
+    sigma = tl.load(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1)).to(COMPUTE_DTYPE)
+    tile = pid - tl.load(first_ptr + layer)
+    column_tiles = tl.cdiv(cols, BLOCK_C)
+    r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    out = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) / sigma
+    offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
+    tl.store(wsn + offsets, out.to(wsn_ptr.dtype.element_ty), mask=_tile_mask(r, c, rows, cols))
+
+
+@triton.jit
+def _backward_dot_kernel(
+    meta_ptr, first_ptr, num_layers, g_ptr, w_ptr, partial_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    COLUMNS: tl.constexpr,
+):
+    """``partial[pid]`` = the sum of ``G * W`` over one block of ``BLOCK_R`` rows of one layer."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
     g = g_ptr + tl.load(row_meta + 0)
     g_sr = tl.load(row_meta + 1)
     g_sc = tl.load(row_meta + 2)
@@ -174,35 +211,68 @@ def _backward_kernel(
     w_sc = tl.load(row_meta + 5)
     rows = tl.load(row_meta + 6)
     cols = tl.load(row_meta + 7)
+    r = (pid - tl.load(first_ptr + layer)) * BLOCK_R + tl.arange(0, BLOCK_R)
+    # Row sums per tile: a [BLOCK_R, BLOCK_C] accumulator next to the two tiles spilled.
+    dot = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
+    for c0 in range(0, cols, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
+        w_tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
+        dot += tl.sum(g_tile * w_tile, axis=1)
+    tl.store(partial_ptr + pid + tl.arange(0, 1), tl.sum(dot, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+
+
+@triton.jit
+def _backward_kernel(
+    meta_ptr, first_ptr, num_layers, partial_first_ptr, partial_ptr, g_ptr, u_ptr, v_ptr, sigma_ptr, grad_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, COLUMNS: tl.constexpr,
+):
+    """``grad_W = (G - <G, W_sn> u v^T) / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer, with
+    ``<G, W>`` the sum of the layer's row-block partials."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
+    g = g_ptr + tl.load(row_meta + 0)
+    g_sr = tl.load(row_meta + 1)
+    g_sc = tl.load(row_meta + 2)
+    rows = tl.load(row_meta + 6)
+    cols = tl.load(row_meta + 7)
     u = u_ptr + tl.load(row_meta + 8)
     v = v_ptr + tl.load(row_meta + 9)
     sigma = tl.load(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1)).to(COMPUTE_DTYPE)
     grad = grad_ptr + tl.load(row_meta + 11)
-    r_base = tl.arange(0, BLOCK_R)
-    c_base = tl.arange(0, BLOCK_C)
-
-    # Row sums per tile: a [BLOCK_R, BLOCK_C] accumulator next to the two tiles spilled.
-    dot = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + r_base
-        for c0 in range(0, cols, BLOCK_C):
-            c = c0 + c_base
-            g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            w_tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            dot += tl.sum(g_tile * w_tile, axis=1)
+    first_partial = tl.load(partial_first_ptr + layer)
+    partials = tl.cdiv(rows, BLOCK_R)
+    total = tl.zeros([BLOCK_P], dtype=COMPUTE_DTYPE)
+    for p0 in range(0, partials, BLOCK_P):
+        index = p0 + tl.arange(0, BLOCK_P)
+        total += tl.load(partial_ptr + first_partial + index, mask=index < partials, other=0.0)
     # <G, W_sn> = <G, W> / sigma.
-    projection = tl.sum(dot, axis=0) / sigma
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + r_base
-        uu = tl.load(u + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
-        for c0 in range(0, cols, BLOCK_C):
-            c = c0 + c_base
-            vv = tl.load(v + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE)
-            mask = _tile_mask(r, c, rows, cols)
-            g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
-            out = (g_tile - projection * (uu[:, None] * vv[None, :])) / sigma
-            offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
-            tl.store(grad + offsets, out.to(grad_ptr.dtype.element_ty), mask=mask)
+    projection = tl.sum(total, axis=0) / sigma
+    tile = pid - tl.load(first_ptr + layer)
+    column_tiles = tl.cdiv(cols, BLOCK_C)
+    r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    uu = tl.load(u + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
+    vv = tl.load(v + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE)
+    g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
+    out = (g_tile - projection * (uu[:, None] * vv[None, :])) / sigma
+    offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
+    tl.store(grad + offsets, out.to(grad_ptr.dtype.element_ty), mask=_tile_mask(r, c, rows, cols))
+
+
+def _first_programs(counts: list[int], device: torch.device) -> tuple[Tensor, int]:
+    """The first program index of every layer (ascending) and the total, for per-layer program ``counts``."""
+    firsts, total = [], 0
+    for count in counts:
+        firsts.append(total)
+        total += count
+    return torch.tensor(firsts, dtype=torch.int64).to(device, non_blocking=True), total
+
+
+def _tiles(rows: int, cols: int) -> int:
+    return triton.cdiv(rows, BLOCK_R) * triton.cdiv(cols, BLOCK_C)
 
 
 def _offset(tensor: Tensor, base: Tensor) -> int:
@@ -217,7 +287,8 @@ def forward_plan(
     weights: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float,
     *, compute_dtype: torch.dtype,
 ) -> tuple[tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]], list[Launch]]:
-    """The outputs of ``forward`` (allocated) and the launch that computes them."""
+    """The outputs of ``forward`` (allocated) and its launches: the power iteration, one program per layer, then
+    ``W / sigma``, one program per tile of every layer."""
     device, dtype = weights[0].device, weights[0].dtype
     us = [u.contiguous() for u in us]
     vs = [v.contiguous() for v in vs]
@@ -239,20 +310,30 @@ def forward_plan(
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
     elements = sum(w.numel() for w in weights)
     vector_elements = sum(sum(w.shape) for w in weights)
-    # W is read 2n + 1 times in training (W v and W^T u per iteration, then W / sigma), twice in eval.
-    weight_reads = 2 if n_power_iterations == 0 else 2 * n_power_iterations + 1
+    # The power iteration reads W 2n times in training (W v and W^T u per iteration), once in eval.
+    weight_reads = 1 if n_power_iterations == 0 else 2 * n_power_iterations
     launch = Launch(
         _forward_kernel, (len(weights),),
-        (meta, weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
+        (meta, weights[0], us[0], vs[0], us_out[0], vs_out[0], sigmas[0], work,
          scalar_tensor(eps, compute_dtype, device), n_power_iterations),
         dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
              EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS,
              maxnreg=FORWARD_MAX_REGISTERS),
-        bytes_moved=(weight_reads + 1) * elements * weights[0].element_size()
+        bytes_moved=weight_reads * elements * weights[0].element_size()
         + vector_elements * (2 * weights[0].element_size() + 2 * (2 * n_power_iterations + 1) * work.element_size()),
         label=f"BR={BLOCK_R} BC={BLOCK_C} iterations={n_power_iterations}",
     )
-    return (weights_sn, us_out, vs_out, sigmas), [launch]
+    first, programs = _first_programs([_tiles(*w.shape) for w in weights], device)
+    block_l = triton.next_power_of_2(len(weights))
+    scale = Launch(
+        _scale_kernel, check_grid((programs,)),
+        (meta, first, len(weights), weights[0], weights_sn[0], sigmas[0]),
+        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_L=block_l, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
+             COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS),
+        bytes_moved=2 * elements * weights[0].element_size(),
+        label=f"BR={BLOCK_R} BC={BLOCK_C} BL={block_l}",
+    )
+    return (weights_sn, us_out, vs_out, sigmas), [launch, scale]
 
 
 def forward(
@@ -270,7 +351,8 @@ def backward_plan(
     grads: list[Tensor], weights: list[Tensor], us: list[Tensor], vs: list[Tensor], sigmas: list[Tensor],
     *, compute_dtype: torch.dtype,
 ) -> tuple[list[Tensor], list[Launch]]:
-    """The outputs of ``backward`` (allocated) and the launch that computes them."""
+    """The outputs of ``backward`` (allocated) and its launches: ``<G, W>`` in row-block partials, then the
+    gradient, one program per tile of every layer."""
     device, dtype = weights[0].device, weights[0].dtype
     grads = [g.to(dtype) for g in grads]
     us = [u.contiguous() for u in us]
@@ -285,16 +367,32 @@ def backward_plan(
         ])
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
     elements = sum(w.numel() for w in weights)
-    launch = Launch(
-        _backward_kernel, (len(weights),),
-        (meta, grads[0], weights[0], us[0], vs[0], sigmas[0], outs[0]),
-        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             COLUMNS=_BACKWARD_COLUMNS, num_warps=NUM_WARPS),
-        # G twice, W once, grad_W written once.
-        bytes_moved=4 * elements * weights[0].element_size(),
-        label=f"BR={BLOCK_R} BC={BLOCK_C}",
+    row_blocks = [triton.cdiv(w.shape[0], BLOCK_R) for w in weights]
+    partial_first, partial_count = _first_programs(row_blocks, device)
+    first, programs = _first_programs([_tiles(*w.shape) for w in weights], device)
+    partials = torch.empty(partial_count, dtype=compute_dtype, device=device)
+    block_l = triton.next_power_of_2(len(weights))
+    meta_kwargs = dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_L=block_l, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
+                       COLUMNS=_BACKWARD_COLUMNS, num_warps=NUM_WARPS)
+    dot = Launch(
+        _backward_dot_kernel, check_grid((partial_count,)),
+        (meta, partial_first, len(weights), grads[0], weights[0], partials),
+        meta_kwargs,
+        # G and W read once.
+        bytes_moved=2 * elements * weights[0].element_size() + partials.numel() * partials.element_size(),
+        label=f"BR={BLOCK_R} BC={BLOCK_C} BL={block_l}",
     )
-    return outs, [launch]
+    block_p = min(triton.next_power_of_2(max(row_blocks)), _MAX_BLOCK_P)
+    scaled = Launch(
+        _backward_kernel, check_grid((programs,)),
+        (meta, first, len(weights), partial_first, partials, grads[0], us[0], vs[0], sigmas[0], outs[0]),
+        dict(BLOCK_P=block_p, **meta_kwargs),
+        # G read again, grad_W written; every program reads its layer's partials.
+        bytes_moved=2 * elements * weights[0].element_size()
+        + sum(_tiles(*w.shape) * count for w, count in zip(weights, row_blocks)) * partials.element_size(),
+        label=f"BR={BLOCK_R} BC={BLOCK_C} BL={block_l} BP={block_p}",
+    )
+    return outs, [dot, scaled]
 
 
 def backward(
@@ -307,4 +405,9 @@ def backward(
     return outs
 
 
-KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
+KERNELS = {
+    "forward": _forward_kernel,
+    "scale": _scale_kernel,
+    "backward_dot": _backward_dot_kernel,
+    "backward": _backward_kernel,
+}
