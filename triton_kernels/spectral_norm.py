@@ -168,6 +168,23 @@ def _program_layer(first_ptr, pid, num_layers, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
+def _strided_matrix(row_meta, base_ptr, column):
+    """A layer's matrix from its table row: the pointer (base + the offset at ``column``) and the row and column
+    strides in the two entries after it."""
+    return base_ptr + tl.load(row_meta + column), tl.load(row_meta + column + 1), tl.load(row_meta + column + 2)
+
+
+@triton.jit
+def _layer_tile(first_ptr, layer, pid, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Row and column indices of program ``pid``'s tile of ``layer`` (tiles row-major over the layer)."""
+    tile = pid - tl.load(first_ptr + layer)
+    column_tiles = tl.cdiv(cols, BLOCK_C)
+    r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return r, c
+
+
+@triton.jit
 def _scale_kernel(
     meta_ptr, first_ptr, num_layers, w_ptr, wsn_ptr, sigma_ptr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
@@ -177,17 +194,12 @@ def _scale_kernel(
     pid = tl.program_id(0).to(tl.int64)
     layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
-    w = w_ptr + tl.load(row_meta + 0)
-    w_sr = tl.load(row_meta + 1)
-    w_sc = tl.load(row_meta + 2)
+    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
     rows = tl.load(row_meta + 3)
     cols = tl.load(row_meta + 4)
     wsn = wsn_ptr + tl.load(row_meta + 7)
     sigma = tl.load(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1)).to(COMPUTE_DTYPE)
-    tile = pid - tl.load(first_ptr + layer)
-    column_tiles = tl.cdiv(cols, BLOCK_C)
-    r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r, c = _layer_tile(first_ptr, layer, pid, cols, BLOCK_R, BLOCK_C)
     out = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) / sigma
     offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
     tl.store(wsn + offsets, out.to(wsn_ptr.dtype.element_ty), mask=_tile_mask(r, c, rows, cols))
@@ -203,12 +215,8 @@ def _backward_dot_kernel(
     pid = tl.program_id(0).to(tl.int64)
     layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
-    g = g_ptr + tl.load(row_meta + 0)
-    g_sr = tl.load(row_meta + 1)
-    g_sc = tl.load(row_meta + 2)
-    w = w_ptr + tl.load(row_meta + 3)
-    w_sr = tl.load(row_meta + 4)
-    w_sc = tl.load(row_meta + 5)
+    g, g_sr, g_sc = _strided_matrix(row_meta, g_ptr, 0)
+    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 3)
     rows = tl.load(row_meta + 6)
     cols = tl.load(row_meta + 7)
     r = (pid - tl.load(first_ptr + layer)) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -233,9 +241,7 @@ def _backward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
-    g = g_ptr + tl.load(row_meta + 0)
-    g_sr = tl.load(row_meta + 1)
-    g_sc = tl.load(row_meta + 2)
+    g, g_sr, g_sc = _strided_matrix(row_meta, g_ptr, 0)
     rows = tl.load(row_meta + 6)
     cols = tl.load(row_meta + 7)
     u = u_ptr + tl.load(row_meta + 8)
@@ -250,10 +256,7 @@ def _backward_kernel(
         total += tl.load(partial_ptr + first_partial + index, mask=index < partials, other=0.0)
     # <G, W_sn> = <G, W> / sigma.
     projection = tl.sum(total, axis=0) / sigma
-    tile = pid - tl.load(first_ptr + layer)
-    column_tiles = tl.cdiv(cols, BLOCK_C)
-    r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r, c = _layer_tile(first_ptr, layer, pid, cols, BLOCK_R, BLOCK_C)
     uu = tl.load(u + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
     vv = tl.load(v + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE)
     g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
