@@ -129,6 +129,8 @@ class ShapesDataset(torch.utils.data.Dataset):
 # the circle, so the second domain's hues (blue to magenta) share none with the first; over all hues the two
 # domains would have one distribution, and the identity map would be a perfect unpaired translation.
 CYCLEGAN_HUES = (0.0, 1.0 / 3.0)
+# The second domain's hues: CYCLEGAN_HUES after swap_colours.
+CYCLEGAN_SWAPPED_HUES = (2.0 / 3.0, 1.0)
 
 
 def swap_colours(images: Tensor) -> Tensor:

@@ -220,44 +220,6 @@ def run(args: argparse.Namespace) -> dict:
 _NOT_LOSSES = ("alpha", "k", "grammatical")
 
 
-def _recipe_quality(name: str, recipe, seed: int):
-    """The number the recipe's learning test checks (tests/test_recipes.py), as a function of the recipe's current
-    state; its docstring names it. It restores the recipe's noise generator after sampling, so that measuring
-    leaves training unchanged."""
-    from ganops import data
-
-    def restoring_noise(measure):
-        def measured() -> float:
-            state = recipe.noise.get_state()
-            try:
-                with torch.no_grad():
-                    return measure()
-            finally:
-                recipe.noise.set_state(state)
-        measured.__doc__ = measure.__doc__
-        return measured
-
-    if name == "seqgan":
-        def grammatical() -> float:
-            """fraction of 200 sampled sentences that are grammatical"""
-            return float(data.is_grammatical(recipe.sample(200)).double().mean())
-        return restoring_noise(grammatical)
-    if name == "cyclegan":
-        domain_a = recipe.domain_a(256, torch.Generator().manual_seed(seed + 99))
-
-        def in_domain_b() -> float:
-            """fraction of G(a)'s saturated pixels with domain B's hues (ganops.data.hue_fraction)"""
-            return data.hue_fraction(recipe.g_ab(domain_a), (2 / 3, 1.0))
-        return restoring_noise(in_domain_b)
-    real = random_batch(512, torch.Generator().manual_seed(seed + 123), recipe.config.image_size)
-
-    def distance() -> float:
-        """distance of 512 samples to 512 real images (ganops.data.sliced_wasserstein_distance)"""
-        samples = recipe.sample(512)[:512]
-        return data.sliced_wasserstein_distance(samples, real[: samples.shape[0]])
-    return restoring_noise(distance)
-
-
 def run_recipe(args: argparse.Namespace) -> dict:
     """Train the recipe ``args.recipe`` (:mod:`ganops.recipes`) with a progress bar; write ``samples.png`` (or print
     sentences, for SeqGAN) and ``losses.png``; returns the paths, the training time and the history."""
@@ -275,7 +237,7 @@ def run_recipe(args: argparse.Namespace) -> dict:
         seed=args.seed, backend=args.backend, device=device, options=recipe_class.demo_options,
     )
     recipe = recipes.build(args.recipe, config)
-    quality = _recipe_quality(args.recipe, recipe, args.seed)
+    quality = recipes.learning_metric(recipe, args.seed)
     untrained = quality()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

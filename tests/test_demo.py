@@ -91,7 +91,7 @@ def test_hues_restrict_the_shapes_colours_and_the_swap_moves_them_a_third_back()
     everything = random_batch(128, generator, 16)
     reds = random_batch(128, generator, 16, hues=data.CYCLEGAN_HUES)
     assert data.hue_fraction(reds, data.CYCLEGAN_HUES) > 0.98
-    assert data.hue_fraction(data.swap_colours(reds), (2 / 3, 1.0)) > 0.98
+    assert data.hue_fraction(data.swap_colours(reds), data.CYCLEGAN_SWAPPED_HUES) > 0.98
     assert data.hue_fraction(data.swap_colours(reds), data.CYCLEGAN_HUES) < 0.02
     # Every hue: about a third of the pixels in each third of the circle; a wrapping range through red.
     assert 0.2 < data.hue_fraction(everything, (0.0, 1 / 3)) < 0.47
