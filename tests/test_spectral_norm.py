@@ -112,6 +112,28 @@ def test_kernels_match_reference(backend, shape, dtype, iterations, transposed, 
         assert error <= tolerance, f"{name}: relative error {error:.3e} > {tolerance:.0e}"
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("iterations", [0, 1, 2])
+def test_norms_merge_blocks_of_very_different_scales(backend, iterations):
+    """A float32 layer of 40 x 300 whose row and column blocks differ by up to 1e20 in scale, one block of rows
+    zero: the norms of W v and W^T u are merged from per-block partials (the Triton kernels' programs of 16 rows
+    and of 128 columns), where a plain sum of squares overflows (1e40) or loses the small blocks."""
+    require_backend(backend)
+    generator = torch.Generator().manual_seed(0)
+    row_scale = torch.ones(40, dtype=torch.float64)
+    row_scale[:16], row_scale[32:] = 1e15, 0.0
+    column_scale = torch.ones(300, dtype=torch.float64)
+    column_scale[128:256] = 1e5
+    weight = (torch.rand(40, 300, dtype=torch.float64, generator=generator) + 0.5) * row_scale[:, None] * column_scale
+    u = F.normalize(torch.rand(40, dtype=torch.float64, generator=generator) + 0.5, dim=0)
+    v = F.normalize(torch.rand(300, dtype=torch.float64, generator=generator) + 0.5, dim=0)
+    expected = reference.spectral_norm_forward(weight, u, v, iterations, 1e-12)
+    actual = fused_spectral_norm(weight.float(), u.float(), v.float(), iterations, 1e-12, backend=backend)
+    assert torch.isfinite(expected[3]) and expected[3] > 1e20
+    for name, got, want in zip(("W_sn", "u", "v", "sigma"), actual, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_group_matches_per_layer_op_for_mixed_shapes_and_dtypes(backend):
     require_backend(backend)

@@ -1,21 +1,33 @@
-"""Triton kernels for spectral normalization of a group of layers, the whole group in two launches per
-direction. The math and notation are those of ``ganops/reference/spectral_norm.py``.
+"""Triton kernels for spectral normalization of a group of layers, every launch spread over all tiles of all
+layers. The math and notation are those of ``ganops/reference/spectral_norm.py``.
 
-Forward: one program per layer runs the power iteration, walking its layer's ``[R, C]`` weight matrix in
-``[BLOCK_R, BLOCK_C]`` tiles once per mat-vec (the unnormalised ``W v`` and ``W^T u`` live in a compute-dtype
-workspace) and writing ``u``, ``v`` and ``sigma``; then a second launch writes ``W / sigma`` with one program per
-tile of every layer, so that the pass that moves the most bytes (read ``W``, write ``W_sn``) is spread over the
-whole GPU instead of one SM per layer. ``sigma = u^T W v`` is ``s . v`` with ``s`` the last ``W^T u``, so a training
-forward reads ``W`` ``2 n + 1`` times, an eval forward twice. Backward: one program per block of ``BLOCK_R`` rows
-of every layer sums ``G * W`` over its rows into a partial, then one program per tile adds its layer's partials
-(in order: ``<G, W>``) and writes the gradient; ``G`` is read twice and ``W`` once. A tile program finds its layer
-in a table of the layers' first program indices.
+Forward, one power iteration per two launches, then one more (``2 n + 1`` launches; ``n = 0``, eval: 2):
 
-The layers are reached without packing: every tensor of a list is addressed as ``base + element offset``,
-the offset of its data from the list's first tensor, kept in one int64 table (one host-to-device copy).
+* ``_rows_kernel``: ``t = W x`` with one program per block of ``ROWS_BLOCK_R`` rows of every layer; ``x`` is the
+  stored ``v`` in the first iteration, else the last ``s`` normalised. Each program writes its finished rows of
+  ``t`` and their ``(scale, squares)`` partial of ``||t||`` (``scaled_squares_add``'s overflow-safe pair).
+* ``_columns_kernel``: ``s = W^T u``, ``u = t / max(||t||, eps)``, with one program per block of ``BLOCK_C``
+  columns of every layer, over all rows; it writes finished columns of ``s`` and their partial of ``||s||``.
+* ``_finish_kernel``: one program per ``[BLOCK_R, BLOCK_C]`` tile of every layer writes ``W / sigma``, with
+  ``sigma = u^T W v = s . v = ||s|| (||s|| / max(||s||, eps))`` (in that order, so that ``||s||^2``, which
+  overflows first, is never formed); the tiles of a layer's first tile row write ``v``, those of its first tile
+  column ``u``.
 
-``eps`` reaches the kernel as a one-element tensor of the compute dtype: a Python float argument is compiled
-as fp32, which would give float64 weights an fp32 ``eps``.
+A program that needs a norm merges its layer's partials (a few dozen numbers, from L2) instead of waiting for
+another launch, so that no launch runs one program per layer: the whole group streams its weights over every SM.
+A training forward reads ``W`` ``2 n + 1`` times, an eval forward twice (``sigma = u . (W v)`` from the rows'
+partial dot products). Sums run in a fixed order (a function of the shapes only), so results are deterministic.
+
+Backward: one program per block of ``BLOCK_R`` rows of every layer sums ``G * W`` over its rows into a partial,
+then one program per tile adds its layer's partials (in order: ``<G, W>``) and writes the gradient; ``G`` is read
+twice and ``W`` once.
+
+A program finds its layer in a column of the layer table that holds each layer's first program (ascending). The
+layers are reached without packing: every tensor of a list is addressed as ``base + element offset``, the offset
+of its data from the list's first tensor, kept in the one int64 table (one host-to-device copy).
+
+``eps`` reaches the kernels as a one-element tensor of the compute dtype: a Python float argument is compiled as
+fp32, which would give float64 weights an fp32 ``eps``.
 """
 
 from __future__ import annotations
@@ -26,23 +38,28 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (
-    Launch, check_grid, run_launches, scalar_tensor, scaled_norm, scaled_squares_add, triton_compute_dtype,
+    Launch, check_grid, run_launches, scalar_tensor, scaled_squares_add, triton_compute_dtype,
 )
 
+# Tiles of the column sums (W^T u), of W / sigma and of the backward.
 BLOCK_R = 32
 BLOCK_C = 128
-# Warps per program: a [32, 128] tile is 16 values per thread at 8 warps (32 at 4 warps spilled on sm_80/sm_90).
+# Tiles of the row sums (W v): 16 rows a program, so that a BigGAN-128 D group has ~1000 of them.
+ROWS_BLOCK_R = 16
+ROWS_BLOCK_C = 256
+# Warps per program: a tile is 16 values per thread at 8 warps (32 at 4 warps spilled on sm_80/sm_90).
 NUM_WARPS = 8
-# The forward runs one program per layer (a few per SM at most), so its 8 warps may hold the whole register file:
-# left to itself ptxas stopped at 128 registers and spilled 80-104 B of the power iteration's state (fp32).
-FORWARD_MAX_REGISTERS = 255
 
-# Partials of a layer's <G, W> added per step by the backward's tile programs.
+# Partials (of a layer's norm, sigma or <G, W>) merged per step.
 _MAX_BLOCK_P = 64
 
 # Entries per layer of the int64 tables; the kernels name them as they read them.
-_FORWARD_COLUMNS = 13
+_FORWARD_COLUMNS = 16
 _BACKWARD_COLUMNS = 12
+# Forward table: each layer's first program of the rows, columns and tile launches (constexpr: read by kernels).
+_FIRST_ROW_PROGRAM = tl.constexpr(13)
+_FIRST_COLUMN_PROGRAM = tl.constexpr(14)
+_FIRST_TILE = tl.constexpr(15)
 
 
 @triton.jit
@@ -57,113 +74,11 @@ def _tile(base, row_stride, col_stride, r, c, rows, cols, COMPUTE_DTYPE: tl.cons
 
 
 @triton.jit
-def _forward_kernel(
-    meta_ptr, w_ptr, u_ptr, v_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr, eps_ptr,
-    n_power_iterations,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVAL: tl.constexpr,
-    COLUMNS: tl.constexpr,
-):
-    row_meta = meta_ptr + tl.program_id(0) * COLUMNS
-    w = w_ptr + tl.load(row_meta + 0)
-    w_sr = tl.load(row_meta + 1)
-    w_sc = tl.load(row_meta + 2)
-    rows = tl.load(row_meta + 3)
-    cols = tl.load(row_meta + 4)
-    u_in = u_ptr + tl.load(row_meta + 5)
-    v_in = v_ptr + tl.load(row_meta + 6)
-    u_out = uo_ptr + tl.load(row_meta + 8)
-    v_out = vo_ptr + tl.load(row_meta + 9)
-    sigma_out = sigma_ptr + tl.load(row_meta + 10)
-    work_u = work_ptr + tl.load(row_meta + 11)
-    work_v = work_ptr + tl.load(row_meta + 12)
-    eps = tl.load(eps_ptr)
-    r_base = tl.arange(0, BLOCK_R)
-    c_base = tl.arange(0, BLOCK_C)
-
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + r_base
-        tl.store(work_u + r, tl.load(u_in + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE), mask=r < rows)
-    for c0 in range(0, cols, BLOCK_C):
-        c = c0 + c_base
-        tl.store(work_v + c, tl.load(v_in + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE), mask=c < cols)
-    tl.debug_barrier()
-
-    sigma = tl.zeros([1], dtype=COMPUTE_DTYPE)
-    if EVAL:
-        # sigma = u . (W v) with the stored vectors.
-        total = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
-        for r0 in range(0, rows, BLOCK_R):
-            r = r0 + r_base
-            acc = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
-            for c0 in range(0, cols, BLOCK_C):
-                c = c0 + c_base
-                tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-                vv = tl.load(work_v + c, mask=c < cols, other=0.0)
-                acc += tl.sum(tile * vv[None, :], axis=1)
-            total += acc * tl.load(work_u + r, mask=r < rows, other=0.0)
-        sigma += tl.sum(total, axis=0)
-    else:
-        for _iteration in range(n_power_iterations):
-            # t = W v into work_u; u = t / max(||t||, eps).
-            scale = tl.max(tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), axis=0)
-            squares = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
-            for r0 in range(0, rows, BLOCK_R):
-                r = r0 + r_base
-                acc = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
-                for c0 in range(0, cols, BLOCK_C):
-                    c = c0 + c_base
-                    tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-                    vv = tl.load(work_v + c, mask=c < cols, other=0.0)
-                    acc += tl.sum(tile * vv[None, :], axis=1)
-                tl.store(work_u + r, acc, mask=r < rows)
-                scale, squares = scaled_squares_add(scale, squares, acc)
-            tl.debug_barrier()
-            u_norm = tl.maximum(scaled_norm(scale, squares), eps)
-            for r0 in range(0, rows, BLOCK_R):
-                r = r0 + r_base
-                t = tl.load(work_u + r, mask=r < rows, other=0.0)
-                tl.store(work_u + r, t / u_norm, mask=r < rows)
-            tl.debug_barrier()
-            # s = W^T u into work_v; v = s / max(||s||, eps); sigma = s . v = ||s|| (||s|| / max(||s||, eps)),
-            # in that order so that ||s||^2, which overflows first, is never formed.
-            scale = tl.max(tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), axis=0)
-            squares = tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE)
-            for c0 in range(0, cols, BLOCK_C):
-                c = c0 + c_base
-                acc = tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE)
-                for r0 in range(0, rows, BLOCK_R):
-                    r = r0 + r_base
-                    tile = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE)
-                    uu = tl.load(work_u + r, mask=r < rows, other=0.0)
-                    acc += tl.sum(tile * uu[:, None], axis=0)
-                tl.store(work_v + c, acc, mask=c < cols)
-                scale, squares = scaled_squares_add(scale, squares, acc)
-            tl.debug_barrier()
-            s_norm = scaled_norm(scale, squares)
-            v_norm = tl.maximum(s_norm, eps)
-            sigma = tl.zeros([1], dtype=COMPUTE_DTYPE) + s_norm * (s_norm / v_norm)
-            for c0 in range(0, cols, BLOCK_C):
-                c = c0 + c_base
-                s = tl.load(work_v + c, mask=c < cols, other=0.0)
-                tl.store(work_v + c, s / v_norm, mask=c < cols)
-            tl.debug_barrier()
-
-    tl.store(sigma_out + tl.arange(0, 1), sigma)
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + r_base
-        uu = tl.load(work_u + r, mask=r < rows, other=0.0)
-        tl.store(u_out + r, uu.to(uo_ptr.dtype.element_ty), mask=r < rows)
-    for c0 in range(0, cols, BLOCK_C):
-        c = c0 + c_base
-        vv = tl.load(work_v + c, mask=c < cols, other=0.0)
-        tl.store(v_out + c, vv.to(vo_ptr.dtype.element_ty), mask=c < cols)
-
-
-@triton.jit
-def _program_layer(first_ptr, pid, num_layers, BLOCK_L: tl.constexpr):
-    """The layer whose programs include ``pid``: ``first[l]`` is layer ``l``'s first program (ascending)."""
+def _program_layer(first_ptr, stride, pid, num_layers, BLOCK_L: tl.constexpr):
+    """The layer whose programs include ``pid``: ``first[l * stride]`` is layer ``l``'s first program
+    (ascending in ``l``)."""
     index = tl.arange(0, BLOCK_L)
-    first = tl.load(first_ptr + index, mask=index < num_layers, other=2**62)
+    first = tl.load(first_ptr + index * stride, mask=index < num_layers, other=2**62)
     return tl.sum(tl.where(first <= pid, 1, 0), axis=0) - 1
 
 
@@ -175,9 +90,8 @@ def _strided_matrix(row_meta, base_ptr, column):
 
 
 @triton.jit
-def _layer_tile(first_ptr, layer, pid, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Row and column indices of program ``pid``'s tile of ``layer`` (tiles row-major over the layer)."""
-    tile = pid - tl.load(first_ptr + layer)
+def _layer_tile(tile, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Row and column indices of a layer's ``tile`` (tiles row-major over the layer)."""
     column_tiles = tl.cdiv(cols, BLOCK_C)
     r = (tile // column_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = (tile % column_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -185,24 +99,164 @@ def _layer_tile(first_ptr, layer, pid, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.
 
 
 @triton.jit
-def _scale_kernel(
-    meta_ptr, first_ptr, num_layers, w_ptr, wsn_ptr, sigma_ptr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
-    COLUMNS: tl.constexpr,
+def _partials_norm(scale_ptr, squares_ptr, first, count, BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """The norm of a vector from the ``(scale, squares)`` partials ``first .. first + count - 1`` of its blocks
+    (each ``scaled_squares_add``'s pair, its squares summed): rescaled to the largest scale, as the pairs are
+    within a block; NaN and inf as ``scaled_norm``."""
+    largest = tl.zeros([1], dtype=COMPUTE_DTYPE)
+    for p0 in range(0, count, BLOCK_P):
+        index = p0 + tl.arange(0, BLOCK_P)
+        largest = tl.maximum(largest, tl.max(tl.load(scale_ptr + first + index, mask=index < count, other=0.0)))
+    # Divided, not multiplied by the inverse: the inverse of a subnormal scale overflows.
+    divisor = tl.where(largest == 0, 1.0, largest)
+    total = tl.zeros([BLOCK_P], dtype=COMPUTE_DTYPE)
+    for p0 in range(0, count, BLOCK_P):
+        index = p0 + tl.arange(0, BLOCK_P)
+        ratio = tl.load(scale_ptr + first + index, mask=index < count, other=0.0) / divisor
+        total += tl.load(squares_ptr + first + index, mask=index < count, other=0.0) * (ratio * ratio)
+    return tl.where(largest == float("inf"), largest, largest * tl.sqrt(tl.sum(total, axis=0)))
+
+
+@triton.jit
+def _partials_sum(partial_ptr, first, count, BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """The sum of the partials ``first .. first + count - 1``, in a fixed order."""
+    total = tl.zeros([BLOCK_P], dtype=COMPUTE_DTYPE)
+    for p0 in range(0, count, BLOCK_P):
+        index = p0 + tl.arange(0, BLOCK_P)
+        total += tl.load(partial_ptr + first + index, mask=index < count, other=0.0)
+    return tl.sum(total, axis=0)
+
+
+@triton.jit
+def _rows_kernel(
+    meta_ptr, num_layers, w_ptr, v_ptr, u_ptr, work_ptr, row_scale_ptr, row_squares_ptr, column_scale_ptr,
+    column_squares_ptr, eps_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, COLUMNS_BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, COLUMNS: tl.constexpr, FIRST: tl.constexpr,
+    EVAL: tl.constexpr,
 ):
-    """``W_sn = W / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer."""
+    """``t = W x`` over one block of ``BLOCK_R`` rows of one layer: ``x`` the stored ``v`` in the first iteration
+    (``FIRST``), else ``s / max(||s||, eps)`` with ``s`` the last ``W^T u``. Writes the rows of ``t`` and, into
+    ``row_*[pid]``, their partial of ``||t||``; in ``EVAL``, the partial of ``sigma = u . t`` (stored ``u``) into
+    ``row_squares[pid]``."""
     pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    layer = _program_layer(meta_ptr + _FIRST_ROW_PROGRAM, COLUMNS, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
     w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
     rows = tl.load(row_meta + 3)
     cols = tl.load(row_meta + 4)
-    wsn = wsn_ptr + tl.load(row_meta + 7)
-    sigma = tl.load(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1)).to(COMPUTE_DTYPE)
-    r, c = _layer_tile(first_ptr, layer, pid, cols, BLOCK_R, BLOCK_C)
+    work_t = work_ptr + tl.load(row_meta + 11)
+    r = (pid - tl.load(row_meta + _FIRST_ROW_PROGRAM)) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if FIRST:
+        x_ptr = v_ptr + tl.load(row_meta + 6)
+        x_norm = tl.zeros([1], dtype=COMPUTE_DTYPE) + 1.0
+    else:
+        x_ptr = work_ptr + tl.load(row_meta + 12)
+        s_norm = _partials_norm(column_scale_ptr, column_squares_ptr, tl.load(row_meta + _FIRST_COLUMN_PROGRAM),
+                                tl.cdiv(cols, COLUMNS_BLOCK_C), BLOCK_P, COMPUTE_DTYPE)
+        x_norm = tl.maximum(s_norm, tl.load(eps_ptr))
+    acc = tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE)
+    for c0 in range(0, cols, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(x_ptr + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE) / x_norm
+        acc += tl.sum(_tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) * x[None, :], axis=1)
+    tl.store(work_t + r, acc, mask=r < rows)
+    one = tl.arange(0, 1)
+    if EVAL:
+        u = tl.load(u_ptr + tl.load(row_meta + 5) + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
+        tl.store(row_squares_ptr + pid + one, tl.sum(acc * u, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+    else:
+        no_scale = tl.max(tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), axis=0)
+        scale, squares = scaled_squares_add(no_scale, tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), acc)
+        tl.store(row_scale_ptr + pid + one, scale + tl.zeros([1], dtype=COMPUTE_DTYPE))
+        tl.store(row_squares_ptr + pid + one, tl.sum(squares, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+
+
+@triton.jit
+def _columns_kernel(
+    meta_ptr, num_layers, w_ptr, work_ptr, row_scale_ptr, row_squares_ptr, column_scale_ptr, column_squares_ptr,
+    eps_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROWS_BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, COLUMNS: tl.constexpr,
+):
+    """``s = W^T u`` over one block of ``BLOCK_C`` columns of one layer (all its rows), ``u = t / max(||t||, eps)``
+    with ``t`` the last ``W v``. Writes the columns of ``s`` and, into ``column_*[pid]``, their partial of
+    ``||s||``."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(meta_ptr + _FIRST_COLUMN_PROGRAM, COLUMNS, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
+    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
+    rows = tl.load(row_meta + 3)
+    cols = tl.load(row_meta + 4)
+    work_t = work_ptr + tl.load(row_meta + 11)
+    work_s = work_ptr + tl.load(row_meta + 12)
+    t_norm = _partials_norm(row_scale_ptr, row_squares_ptr, tl.load(row_meta + _FIRST_ROW_PROGRAM),
+                            tl.cdiv(rows, ROWS_BLOCK_R), BLOCK_P, COMPUTE_DTYPE)
+    u_norm = tl.maximum(t_norm, tl.load(eps_ptr))
+    c = (pid - tl.load(row_meta + _FIRST_COLUMN_PROGRAM)) * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        u = tl.load(work_t + r, mask=r < rows, other=0.0) / u_norm
+        acc += tl.sum(_tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) * u[:, None], axis=0)
+    tl.store(work_s + c, acc, mask=c < cols)
+    one = tl.arange(0, 1)
+    no_scale = tl.max(tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), axis=0)
+    scale, squares = scaled_squares_add(no_scale, tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), acc)
+    tl.store(column_scale_ptr + pid + one, scale + tl.zeros([1], dtype=COMPUTE_DTYPE))
+    tl.store(column_squares_ptr + pid + one, tl.sum(squares, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+
+
+@triton.jit
+def _finish_kernel(
+    meta_ptr, num_layers, w_ptr, u_ptr, v_ptr, wsn_ptr, uo_ptr, vo_ptr, sigma_ptr, work_ptr, row_scale_ptr,
+    row_squares_ptr, column_scale_ptr, column_squares_ptr, eps_ptr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROWS_BLOCK_R: tl.constexpr, COLUMNS_BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, COLUMNS: tl.constexpr,
+    EVAL: tl.constexpr,
+):
+    """``W_sn = W / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer; the layer's first tile row writes
+    ``v``, its first tile column ``u``, its first tile ``sigma``. In ``EVAL`` ``sigma`` is the sum of the rows'
+    partials of ``u . (W v)`` and ``u``, ``v`` are the stored ones."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(meta_ptr + _FIRST_TILE, COLUMNS, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
+    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
+    rows = tl.load(row_meta + 3)
+    cols = tl.load(row_meta + 4)
+    eps = tl.load(eps_ptr)
+    tile = pid - tl.load(row_meta + _FIRST_TILE)
+    r, c = _layer_tile(tile, cols, BLOCK_R, BLOCK_C)
+    column_tiles = tl.cdiv(cols, BLOCK_C)
+    row_partials = tl.cdiv(rows, ROWS_BLOCK_R)
+    first_row_program = tl.load(row_meta + _FIRST_ROW_PROGRAM)
+    if EVAL:
+        sigma = _partials_sum(row_squares_ptr, first_row_program, row_partials, BLOCK_P, COMPUTE_DTYPE)
+    else:
+        s_norm = _partials_norm(column_scale_ptr, column_squares_ptr, tl.load(row_meta + _FIRST_COLUMN_PROGRAM),
+                                tl.cdiv(cols, COLUMNS_BLOCK_C), BLOCK_P, COMPUTE_DTYPE)
+        v_norm = tl.maximum(s_norm, eps)
+        sigma = s_norm * (s_norm / v_norm)
     out = _tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) / sigma
     offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
-    tl.store(wsn + offsets, out.to(wsn_ptr.dtype.element_ty), mask=_tile_mask(r, c, rows, cols))
+    tl.store(wsn_ptr + tl.load(row_meta + 7) + offsets, out.to(wsn_ptr.dtype.element_ty),
+             mask=_tile_mask(r, c, rows, cols))
+    if tile == 0:
+        tl.store(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1), sigma + tl.zeros([1], dtype=COMPUTE_DTYPE))
+    if tile < column_tiles:
+        if EVAL:
+            v = tl.load(v_ptr + tl.load(row_meta + 6) + c, mask=c < cols, other=0.0)
+        else:
+            v = tl.load(work_ptr + tl.load(row_meta + 12) + c, mask=c < cols, other=0.0) / v_norm
+        tl.store(vo_ptr + tl.load(row_meta + 9) + c, v.to(vo_ptr.dtype.element_ty), mask=c < cols)
+    if tile % column_tiles == 0:
+        if EVAL:
+            u = tl.load(u_ptr + tl.load(row_meta + 5) + r, mask=r < rows, other=0.0)
+        else:
+            t_norm = _partials_norm(row_scale_ptr, row_squares_ptr, first_row_program, row_partials, BLOCK_P,
+                                    COMPUTE_DTYPE)
+            u = tl.load(work_ptr + tl.load(row_meta + 11) + r, mask=r < rows, other=0.0) / tl.maximum(t_norm, eps)
+        tl.store(uo_ptr + tl.load(row_meta + 8) + r, u.to(uo_ptr.dtype.element_ty), mask=r < rows)
 
 
 @triton.jit
@@ -213,7 +267,7 @@ def _backward_dot_kernel(
 ):
     """``partial[pid]`` = the sum of ``G * W`` over one block of ``BLOCK_R`` rows of one layer."""
     pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    layer = _program_layer(first_ptr, 1, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
     g, g_sr, g_sc = _strided_matrix(row_meta, g_ptr, 0)
     w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 3)
@@ -239,7 +293,7 @@ def _backward_kernel(
     """``grad_W = (G - <G, W_sn> u v^T) / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer, with
     ``<G, W>`` the sum of the layer's row-block partials."""
     pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(first_ptr, pid, num_layers, BLOCK_L)
+    layer = _program_layer(first_ptr, 1, pid, num_layers, BLOCK_L)
     row_meta = meta_ptr + layer * COLUMNS
     g, g_sr, g_sc = _strided_matrix(row_meta, g_ptr, 0)
     rows = tl.load(row_meta + 6)
@@ -249,14 +303,9 @@ def _backward_kernel(
     sigma = tl.load(sigma_ptr + tl.load(row_meta + 10) + tl.arange(0, 1)).to(COMPUTE_DTYPE)
     grad = grad_ptr + tl.load(row_meta + 11)
     first_partial = tl.load(partial_first_ptr + layer)
-    partials = tl.cdiv(rows, BLOCK_R)
-    total = tl.zeros([BLOCK_P], dtype=COMPUTE_DTYPE)
-    for p0 in range(0, partials, BLOCK_P):
-        index = p0 + tl.arange(0, BLOCK_P)
-        total += tl.load(partial_ptr + first_partial + index, mask=index < partials, other=0.0)
     # <G, W_sn> = <G, W> / sigma.
-    projection = tl.sum(total, axis=0) / sigma
-    r, c = _layer_tile(first_ptr, layer, pid, cols, BLOCK_R, BLOCK_C)
+    projection = _partials_sum(partial_ptr, first_partial, tl.cdiv(rows, BLOCK_R), BLOCK_P, COMPUTE_DTYPE) / sigma
+    r, c = _layer_tile(pid - tl.load(first_ptr + layer), cols, BLOCK_R, BLOCK_C)
     uu = tl.load(u + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
     vv = tl.load(v + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE)
     g_tile = _tile(g, g_sr, g_sc, r, c, rows, cols, COMPUTE_DTYPE)
@@ -265,13 +314,13 @@ def _backward_kernel(
     tl.store(grad + offsets, out.to(grad_ptr.dtype.element_ty), mask=_tile_mask(r, c, rows, cols))
 
 
-def _first_programs(counts: list[int], device: torch.device) -> tuple[Tensor, int]:
+def _first_programs(counts: list[int]) -> tuple[list[int], int]:
     """The first program index of every layer (ascending) and the total, for per-layer program ``counts``."""
     firsts, total = [], 0
     for count in counts:
         firsts.append(total)
         total += count
-    return torch.tensor(firsts, dtype=torch.int64).to(device, non_blocking=True), total
+    return firsts, total
 
 
 def _tiles(rows: int, cols: int) -> int:
@@ -286,12 +335,16 @@ def _offset(tensor: Tensor, base: Tensor) -> int:
     return difference // tensor.element_size()
 
 
+def _block_p(counts: list[int]) -> int:
+    return min(triton.next_power_of_2(max(counts)), _MAX_BLOCK_P)
+
+
 def forward_plan(
     weights: list[Tensor], us: list[Tensor], vs: list[Tensor], n_power_iterations: int, eps: float,
     *, compute_dtype: torch.dtype,
 ) -> tuple[tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]], list[Launch]]:
-    """The outputs of ``forward`` (allocated) and its launches: the power iteration, one program per layer, then
-    ``W / sigma``, one program per tile of every layer."""
+    """The outputs of ``forward`` (allocated) and its launches: per power iteration the row sums and the column
+    sums, then ``W / sigma`` with ``u``, ``v`` and ``sigma``; each over all layers (see the module docstring)."""
     device, dtype = weights[0].device, weights[0].dtype
     us = [u.contiguous() for u in us]
     vs = [v.contiguous() for v in vs]
@@ -300,43 +353,79 @@ def forward_plan(
     vs_out = [torch.empty_like(v) for v in vs]
     sigmas = [torch.empty((), dtype=compute_dtype, device=device) for _ in weights]
     work = torch.empty(sum(sum(w.shape) for w in weights), dtype=compute_dtype, device=device)
+    row_programs = [triton.cdiv(w.shape[0], ROWS_BLOCK_R) for w in weights]
+    column_programs = [triton.cdiv(w.shape[1], BLOCK_C) for w in weights]
+    tiles = [_tiles(*w.shape) for w in weights]
+    first_rows, total_rows = _first_programs(row_programs)
+    first_columns, total_columns = _first_programs(column_programs)
+    first_tiles, total_tiles = _first_programs(tiles)
     table, position = [], 0
-    for w, u, v, wsn, uo, vo, sigma in zip(weights, us, vs, weights_sn, us_out, vs_out, sigmas):
+    for i, (w, u, v, wsn, uo, vo, sigma) in enumerate(zip(weights, us, vs, weights_sn, us_out, vs_out, sigmas)):
         rows, cols = w.shape
         table.append([
             _offset(w, weights[0]), w.stride(0), w.stride(1), rows, cols,
             _offset(u, us[0]), _offset(v, vs[0]),
             _offset(wsn, weights_sn[0]), _offset(uo, us_out[0]), _offset(vo, vs_out[0]),
             _offset(sigma, sigmas[0]), position, position + rows,
+            first_rows[i], first_columns[i], first_tiles[i],
         ])
         position += rows + cols
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
+    # (scale, squares) partials of ||t|| per row program (in eval: sigma's partials in the second row), of ||s|| per
+    # column program.
+    row_partials = torch.empty(2, total_rows, dtype=compute_dtype, device=device)
+    column_partials = torch.empty(2, max(total_columns, 1), dtype=compute_dtype, device=device)
+    partial_pointers = (row_partials[0], row_partials[1], column_partials[0], column_partials[1])
+    eps_tensor = scalar_tensor(eps, compute_dtype, device)
+    evaluating = n_power_iterations == 0
+    w_size, work_size = weights[0].element_size(), work.element_size()
     elements = sum(w.numel() for w in weights)
+    common = dict(BLOCK_L=triton.next_power_of_2(len(weights)), COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
+                  COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS)
+    launches = []
+    for iteration in range(max(n_power_iterations, 1)):
+        first = iteration == 0
+        x_size = w_size if first else work_size
+        launches.append(Launch(
+            _rows_kernel, check_grid((total_rows,)),
+            (meta, len(weights), weights[0], vs[0], us[0], work, *partial_pointers, eps_tensor),
+            dict(BLOCK_R=ROWS_BLOCK_R, BLOCK_C=ROWS_BLOCK_C, COLUMNS_BLOCK_C=BLOCK_C,
+                 BLOCK_P=_block_p(column_programs), FIRST=first, EVAL=evaluating, **common),
+            # W once; each program reads its layer's x (and, after the first iteration, the column partials);
+            # t and the row partials written.
+            bytes_moved=elements * w_size
+            + sum(p * (w.shape[1] * x_size + (0 if first else 2 * c * work_size))
+                  for p, c, w in zip(row_programs, column_programs, weights))
+            + sum(w.shape[0] for w in weights) * work_size * (2 if evaluating else 1) + 2 * total_rows * work_size,
+            label=f"BR={ROWS_BLOCK_R} BC={ROWS_BLOCK_C} first={first}",
+        ))
+        if evaluating:
+            break
+        launches.append(Launch(
+            _columns_kernel, check_grid((total_columns,)),
+            (meta, len(weights), weights[0], work, *partial_pointers, eps_tensor),
+            dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, ROWS_BLOCK_R=ROWS_BLOCK_R, BLOCK_P=_block_p(row_programs),
+                 **common),
+            # W once; each program reads its layer's t and row partials; s and the column partials written.
+            bytes_moved=elements * w_size
+            + sum(p * (w.shape[0] + 2 * r) * work_size for p, r, w in zip(column_programs, row_programs, weights))
+            + sum(w.shape[1] for w in weights) * work_size + 2 * total_columns * work_size,
+            label=f"BR={BLOCK_R} BC={BLOCK_C}",
+        ))
     vector_elements = sum(sum(w.shape) for w in weights)
-    # The power iteration reads W 2n times in training (W v and W^T u per iteration), once in eval.
-    weight_reads = 1 if n_power_iterations == 0 else 2 * n_power_iterations
-    launch = Launch(
-        _forward_kernel, (len(weights),),
-        (meta, weights[0], us[0], vs[0], us_out[0], vs_out[0], sigmas[0], work,
-         scalar_tensor(eps, compute_dtype, device), n_power_iterations),
-        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             EVAL=n_power_iterations == 0, COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS,
-             maxnreg=FORWARD_MAX_REGISTERS),
-        bytes_moved=weight_reads * elements * weights[0].element_size()
-        + vector_elements * (2 * weights[0].element_size() + 2 * (2 * n_power_iterations + 1) * work.element_size()),
-        label=f"BR={BLOCK_R} BC={BLOCK_C} iterations={n_power_iterations}",
-    )
-    first, programs = _first_programs([_tiles(*w.shape) for w in weights], device)
-    block_l = triton.next_power_of_2(len(weights))
-    scale = Launch(
-        _scale_kernel, check_grid((programs,)),
-        (meta, first, len(weights), weights[0], weights_sn[0], sigmas[0]),
-        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_L=block_l, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
-             COLUMNS=_FORWARD_COLUMNS, num_warps=NUM_WARPS),
-        bytes_moved=2 * elements * weights[0].element_size(),
-        label=f"BR={BLOCK_R} BC={BLOCK_C} BL={block_l}",
-    )
-    return (weights_sn, us_out, vs_out, sigmas), [launch, scale]
+    launches.append(Launch(
+        _finish_kernel, check_grid((total_tiles,)),
+        (meta, len(weights), weights[0], us[0], vs[0], weights_sn[0], us_out[0], vs_out[0], sigmas[0], work,
+         *partial_pointers, eps_tensor),
+        dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, ROWS_BLOCK_R=ROWS_BLOCK_R, COLUMNS_BLOCK_C=BLOCK_C,
+             BLOCK_P=_block_p(row_programs + column_programs), EVAL=evaluating, **common),
+        # W read, W_sn written; every tile reads its layer's partials of sigma; u and v read and written once.
+        bytes_moved=2 * elements * w_size
+        + sum(n * 2 * (r if evaluating else c) for n, r, c in zip(tiles, row_programs, column_programs)) * work_size
+        + vector_elements * (work_size + w_size),
+        label=f"BR={BLOCK_R} BC={BLOCK_C} eval={evaluating}",
+    ))
+    return (weights_sn, us_out, vs_out, sigmas), launches
 
 
 def forward(
@@ -371,8 +460,9 @@ def backward_plan(
     meta = torch.tensor(table, dtype=torch.int64).to(device, non_blocking=True)
     elements = sum(w.numel() for w in weights)
     row_blocks = [triton.cdiv(w.shape[0], BLOCK_R) for w in weights]
-    partial_first, partial_count = _first_programs(row_blocks, device)
-    first, programs = _first_programs([_tiles(*w.shape) for w in weights], device)
+    partial_firsts, partial_count = _first_programs(row_blocks)
+    firsts, programs = _first_programs([_tiles(*w.shape) for w in weights])
+    partial_first, first = torch.tensor([partial_firsts, firsts], dtype=torch.int64).to(device, non_blocking=True)
     partials = torch.empty(partial_count, dtype=compute_dtype, device=device)
     block_l = triton.next_power_of_2(len(weights))
     meta_kwargs = dict(BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_L=block_l, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype),
@@ -385,7 +475,7 @@ def backward_plan(
         bytes_moved=2 * elements * weights[0].element_size() + partials.numel() * partials.element_size(),
         label=f"BR={BLOCK_R} BC={BLOCK_C} BL={block_l}",
     )
-    block_p = min(triton.next_power_of_2(max(row_blocks)), _MAX_BLOCK_P)
+    block_p = _block_p(row_blocks)
     scaled = Launch(
         _backward_kernel, check_grid((programs,)),
         (meta, first, len(weights), partial_first, partials, grads[0], us[0], vs[0], sigmas[0], outs[0]),
@@ -409,8 +499,9 @@ def backward(
 
 
 KERNELS = {
-    "forward": _forward_kernel,
-    "scale": _scale_kernel,
+    "rows": _rows_kernel,
+    "columns": _columns_kernel,
+    "finish": _finish_kernel,
     "backward_dot": _backward_dot_kernel,
     "backward": _backward_kernel,
 }
