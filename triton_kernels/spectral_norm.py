@@ -118,6 +118,16 @@ def _partials_norm(scale_ptr, squares_ptr, first, count, BLOCK_P: tl.constexpr, 
 
 
 @triton.jit
+def _store_norm_partial(scale_ptr, squares_ptr, index, x, COMPUTE_DTYPE: tl.constexpr):
+    """Writes the ``(scale, squares)`` partial of the norm of the 1-D block ``x`` at ``index``."""
+    zeros = tl.zeros(x.shape, dtype=COMPUTE_DTYPE)
+    scale, squares = scaled_squares_add(tl.max(zeros, axis=0), zeros, x)
+    one = tl.arange(0, 1)
+    tl.store(scale_ptr + index + one, scale + tl.zeros([1], dtype=COMPUTE_DTYPE))
+    tl.store(squares_ptr + index + one, tl.sum(squares, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+
+
+@triton.jit
 def _partials_sum(partial_ptr, first, count, BLOCK_P: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
     """The sum of the partials ``first .. first + count - 1``, in a fixed order."""
     total = tl.zeros([BLOCK_P], dtype=COMPUTE_DTYPE)
@@ -161,15 +171,11 @@ def _rows_kernel(
         x = tl.load(x_ptr + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE) / x_norm
         acc += tl.sum(_tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) * x[None, :], axis=1)
     tl.store(work_t + r, acc, mask=r < rows)
-    one = tl.arange(0, 1)
     if EVAL:
         u = tl.load(u_ptr + tl.load(row_meta + 5) + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
-        tl.store(row_squares_ptr + pid + one, tl.sum(acc * u, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+        tl.store(row_squares_ptr + pid + tl.arange(0, 1), tl.sum(acc * u, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
     else:
-        no_scale = tl.max(tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), axis=0)
-        scale, squares = scaled_squares_add(no_scale, tl.zeros([BLOCK_R], dtype=COMPUTE_DTYPE), acc)
-        tl.store(row_scale_ptr + pid + one, scale + tl.zeros([1], dtype=COMPUTE_DTYPE))
-        tl.store(row_squares_ptr + pid + one, tl.sum(squares, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+        _store_norm_partial(row_scale_ptr, row_squares_ptr, pid, acc, COMPUTE_DTYPE)
 
 
 @triton.jit
@@ -200,11 +206,7 @@ def _columns_kernel(
         u = tl.load(work_t + r, mask=r < rows, other=0.0) / u_norm
         acc += tl.sum(_tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) * u[:, None], axis=0)
     tl.store(work_s + c, acc, mask=c < cols)
-    one = tl.arange(0, 1)
-    no_scale = tl.max(tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), axis=0)
-    scale, squares = scaled_squares_add(no_scale, tl.zeros([BLOCK_C], dtype=COMPUTE_DTYPE), acc)
-    tl.store(column_scale_ptr + pid + one, scale + tl.zeros([1], dtype=COMPUTE_DTYPE))
-    tl.store(column_squares_ptr + pid + one, tl.sum(squares, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
+    _store_norm_partial(column_scale_ptr, column_squares_ptr, pid, acc, COMPUTE_DTYPE)
 
 
 @triton.jit
