@@ -56,6 +56,21 @@ def _with_backend(backend: str):
     return lambda q, k, v: attention(q, k, v, SCALE, backend=backend)
 
 
+def _under_tf32(run):
+    """``run`` with torch's float32 matmuls on TF32 (torch.backends.cuda.matmul.allow_tf32), the setting the
+    ganops calls follow by default, restored after."""
+
+    def wrapped(*arguments):
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return run(*arguments)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+    return wrapped
+
+
 def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, scale=SCALE)
 
@@ -67,12 +82,6 @@ def _sdpa_padded(q, k, v):
     q, k = (F.pad(t, (0, width - t.shape[-1])) for t in (q, k))
     v_padded = F.pad(v, (0, width - v.shape[-1]))
     return F.scaled_dot_product_attention(q, k, v_padded, scale=SCALE)[..., : v.shape[-1]]
-
-
-
-
-
-
 
 
 # Useful matmul FLOPs per (batch, query, key) pair, as multiples of (Dqk, Dv): forward S and P v; backward
@@ -97,16 +106,17 @@ def _bytes_moved(direction: str, batch: int, n_q: int, n_k: int, d_qk: int, d_v:
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
+    # (dtype, TF32): fp32 runs exact and, on a GPU, once more with every implementation under torch's TF32 setting.
     if device.type == "cuda":
         shapes = GPU_QUICK_SHAPES if quick else GPU_SHAPES
-        dtypes = [torch.bfloat16, torch.float32]
+        dtypes = [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)]
     else:
         shapes = CPU_QUICK_SHAPES if quick else CPU_SHAPES
-        dtypes = [torch.float32]
+        dtypes = [(torch.float32, False)]
     directions = {"forward": partial(forward_only, num_inputs=3), "forward+backward": partial(forward_backward, num_inputs=3), "double backward": partial(double_backward, num_inputs=3)}
     result = []
     for name, batch, n_q, n_k, d_qk, d_v in shapes:
-        for dtype in dtypes:
+        for dtype, tf32 in dtypes:
 
             def setup(batch=batch, n_q=n_q, n_k=n_k, d_qk=d_qk, d_v=d_v, dtype=dtype):
                 def make(*shape, requires_grad=True):
@@ -117,7 +127,10 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                 cotangents = [make(*t.shape, requires_grad=False) for t in (q, k, v)]
                 return q, k, v, grad_out, *cotangents
 
-            for direction, wrap in directions.items():
+            for direction, plain_wrap in directions.items():
+                def wrap(fn, plain_wrap=plain_wrap, tf32=tf32):
+                    return _under_tf32(plain_wrap(fn)) if tf32 else plain_wrap(fn)
+
                 implementations = {
                     "eager": wrap(_with_backend("reference")),
                     "torch.compile": wrap(compiled(_with_backend("reference"))),
@@ -128,7 +141,8 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                 per_qk, per_v = _FLOPS_PER_PAIR[direction]
                 result.append(
                     Case(
-                        label=f"{name} B={batch} Nq={n_q} Nk={n_k} Dqk={d_qk} Dv={d_v} {dtype_name(dtype)}",
+                        label=f"{name} B={batch} Nq={n_q} Nk={n_k} Dqk={d_qk} Dv={d_v} {dtype_name(dtype)}"
+                        + ("+tf32" if tf32 else ""),
                         direction=direction,
                         setup=setup,
                         implementations=implementations,

@@ -4,8 +4,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(ganops, m) {
-  m.def("attention_cpp(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor out, Tensor lse)");
   m.def(
-      "attention_backward_cpp(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale) "
+      "attention_cpp(Tensor q, Tensor k, Tensor v, float scale, bool allow_tf32=False) -> (Tensor out, Tensor lse)");
+  m.def(
+      "attention_backward_cpp(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
+      "bool allow_tf32=False) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }

@@ -785,6 +785,9 @@ def _nvcc_job(job: tuple) -> list[dict]:
         row["failures"] = []
         if resources["spill_stores"] > _spill_budget(op, row["dtype"], False) and row["dtype"] in ("fp16", "bf16"):
             row["failures"].append(f"spills {resources['spill_stores']} B")
+        # The attention's tensor-core family (fp16, bf16, and fp32 as TF32) must compile to MMA instructions.
+        if sass and name.startswith("tc::") and "HMMA" not in row["tensor_cores"]:
+            row["failures"].append("tensor-core kernel without HMMA in its SASS")
         row["status"] = "FAIL" if row["failures"] else "ok"
         rows.append(row)
     return rows

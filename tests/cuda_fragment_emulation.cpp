@@ -1,14 +1,17 @@
 // Host emulation of the tensor-core attention kernels' warp-level tile math (csrc/cuda/attention_mma.cuh),
 // built and run by tests/test_cuda_fragment_emulation.py. The header's own functions run for each of the 32
 // lanes; the ldmatrix and mma they call are emulated from an independent transcription of the PTX ISA's
-// tables (ldmatrix .x4 with and without .trans; mma.m16n8k16 with .f16/.bf16 inputs and .f32 accumulators),
-// so a lane that passes the wrong address, or a conversion between fragments that pairs the wrong registers,
-// gives a wrong product here.
+// tables (ldmatrix .x4 with and without .trans; mma.m16n8k16 with .f16/.bf16 inputs and mma.m16n8k8 with .tf32
+// inputs, .f32 accumulators), so a lane that passes the wrong address, or a conversion between fragments that
+// pairs the wrong registers, gives a wrong product here. Both element formats of the header run: 16-bit
+// tiles (fp16, bf16) and 32-bit tiles (fp32 as tf32).
 //
-// Elements are small integers stored as their int16 bit patterns (0 is the pattern of +0 in fp16 and bf16
-// too), so every product below is exact in float and the comparison is equality.
+// Elements are small integers: in 16-bit tiles stored as their int16 bit patterns (0 is the pattern of +0 in
+// fp16 and bf16 too), in 32-bit tiles as floats (exact in tf32), so every product below is exact in float and
+// the comparison is equality.
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -29,6 +32,19 @@ int c_row(int lane, int i) { return i < 2 ? group(lane) : group(lane) + 8; }
 int c_col(int lane, int i) { return thread_in_group(lane) * 2 + (i & 1); }
 // Two 16-bit elements per 32-bit register, the lower-numbered element in the lower half.
 int element(uint32_t reg, int half) { return static_cast<int16_t>(half == 0 ? reg & 0xffffu : reg >> 16); }
+
+// PTX ISA, "Matrix Fragments for mma.m16n8k8" with .tf32 inputs: A 16 x 8 (a0..a3), B 8 x 8 (b0, b1), one
+// element a register; C as above.
+namespace tf32 {
+int a_row(int lane, int i) { return (i == 0 || i == 2) ? group(lane) : group(lane) + 8; }
+int a_col(int lane, int i) { return i < 2 ? thread_in_group(lane) : thread_in_group(lane) + 4; }
+int b_row(int lane, int i) { return i == 0 ? thread_in_group(lane) : thread_in_group(lane) + 4; }
+float element(uint32_t reg) {
+  float value;
+  std::memcpy(&value, &reg, sizeof(value));
+  return value;
+}
+}  // namespace tf32
 }  // namespace spec
 
 int failures = 0;
@@ -62,7 +78,25 @@ void check_fragment_maps() {
       expect(layout::c_row(lane, i) == spec::c_row(lane, i), "c_row", lane, i, 0);
       expect(layout::c_col(lane, i) == spec::c_col(lane, i), "c_col", lane, i, 0);
     }
+    for (int reg = 0; reg < 4; ++reg) {
+      expect(layout::a_row(lane, reg) == spec::tf32::a_row(lane, reg), "tf32 a_row", lane, reg, 0);
+      expect(layout::tf32_a_col(lane, reg) == spec::tf32::a_col(lane, reg), "tf32 a_col", lane, reg, 0);
+      // The accumulator a tf32 A register takes is the element of the score tile at the permuted column.
+      const int index = layout::tf32_c_index_for_a(reg);
+      expect(spec::c_row(lane, index) == spec::tf32::a_row(lane, reg), "tf32 c->a row", lane, reg, 0);
+      expect(spec::c_col(lane, index) == layout::tf32_k_column(spec::tf32::a_col(lane, reg)), "tf32 c->a col", lane,
+             reg, 0);
+    }
+    for (int reg = 0; reg < 2; ++reg) {
+      expect(layout::tf32_b_row(lane, reg) == spec::tf32::b_row(lane, reg), "tf32 b_row", lane, reg, 0);
+    }
   }
+  // The permutation of k within a step is one: every column of the step is taken once.
+  int seen = 0;
+  for (int j = 0; j < 8; ++j) {
+    seen |= 1 << layout::tf32_k_column(j);
+  }
+  expect(seen == 0xff, "tf32 k permutation", seen, 0, 0);
 }
 
 // The header's functions run lane by lane. ldmatrix and mma are warp-wide, so each lane's calls are recorded
@@ -77,13 +111,14 @@ struct Register {
 };
 
 struct LdmatrixCall {
-  const uint16_t* address;
+  const unsigned char* address;
   bool trans;
 };
 
 struct MmaCall {
   float* c;
   uint32_t a[4], b0, b1;
+  bool tf32;
 };
 
 struct Warp {
@@ -93,39 +128,48 @@ struct Warp {
 };
 
 uint32_t pack_exact(float low, float high);
+uint32_t tf32_exact(float value);
 
 struct LaneOps {
   Warp* warp;
   int lane;
+  bool tf32;
 
   uint32_t add(const Register& r) {
     warp->registers[lane].push_back(r);
     return static_cast<uint32_t>(warp->registers[lane].size() - 1);
   }
-  void load(uint32_t (&r)[4], const uint16_t* address, bool trans) {
+  void load(uint32_t (&r)[4], const void* address, bool trans) {
     const size_t call = warp->loads[lane].size();
-    warp->loads[lane].push_back({address, trans});
+    warp->loads[lane].push_back({static_cast<const unsigned char*>(address), trans});
     for (int m = 0; m < 4; ++m) {
       r[m] = add({true, 0, call, m});
     }
   }
-  void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* address) { load(r, address, false); }
-  void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* address) { load(r, address, true); }
+  void ldmatrix_x4(uint32_t (&r)[4], const void* address) { load(r, address, false); }
+  void ldmatrix_x4_trans(uint32_t (&r)[4], const void* address) { load(r, address, true); }
   void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    warp->products[lane].push_back({c, {a[0], a[1], a[2], a[3]}, b0, b1});
+    warp->products[lane].push_back({c, {a[0], a[1], a[2], a[3]}, b0, b1, tf32});
   }
   uint32_t pack(float low, float high) { return add({false, pack_exact(low, high), 0, 0}); }
+  uint32_t load_b(const uint32_t* address) { return add({false, *address, 0, 0}); }
+  uint32_t round(float value) { return add({false, tf32_exact(value), 0, 0}); }
 };
 
-// ldmatrix .x4 per the PTX ISA: lane 8 m + r passes the address of row r of matrix m (8 consecutive
+// ldmatrix .x4 per the PTX ISA: lane 8 m + r passes the address of row r of matrix m (8 consecutive 16-bit
 // elements); lane l receives in register m elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) of matrix m,
-// transposed with .trans: (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4).
+// transposed with .trans: (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4). The rows are read as bytes, whatever
+// the tile's element type.
 uint32_t ldmatrix_register(const Warp& warp, size_t call, int matrix, int lane) {
   const bool trans = warp.loads[lane][call].trans;
   for (int l = 0; l < 32; ++l) {
     expect(warp.loads[l][call].trans == trans, "same ldmatrix on every lane", l, int(call), 0);
   }
-  const auto element = [&](int row, int col) { return uint32_t(warp.loads[8 * matrix + row][call].address[col]); };
+  const auto element = [&](int row, int col) {
+    uint16_t value;
+    std::memcpy(&value, warp.loads[8 * matrix + row][call].address + 2 * col, sizeof(value));
+    return uint32_t(value);
+  };
   const int row = lane / 4, col = 2 * (lane % 4);
   return trans ? element(col, row) | (element(col + 1, row) << 16) : element(row, col) | (element(row, col + 1) << 16);
 }
@@ -141,12 +185,25 @@ void replay(const Warp& warp) {
     for (int lane = 0; lane < 32; ++lane) {
       expect(warp.products[lane].size() == warp.products[0].size(), "same mma calls on every lane", lane, 0, 0);
       const MmaCall& call = warp.products[lane][n];
-      for (int i = 0; i < 8; ++i) {
-        a[spec::a_row(lane, i)][spec::a_col(lane, i)] = spec::element(value_of(warp, lane, call.a[i / 2]), i % 2);
-      }
       const uint32_t b_registers[2] = {value_of(warp, lane, call.b0), value_of(warp, lane, call.b1)};
+      if (call.tf32) {
+        // K = 8: a and b keep zeros in k = 8 .. 15.
+        for (int i = 0; i < 4; ++i) {
+          a[spec::tf32::a_row(lane, i)][spec::tf32::a_col(lane, i)] =
+              spec::tf32::element(value_of(warp, lane, call.a[i]));
+        }
+        for (int i = 0; i < 2; ++i) {
+          b[spec::tf32::b_row(lane, i)][spec::b_col(lane)] = spec::tf32::element(b_registers[i]);
+        }
+      } else {
+        for (int i = 0; i < 8; ++i) {
+          a[spec::a_row(lane, i)][spec::a_col(lane, i)] = spec::element(value_of(warp, lane, call.a[i / 2]), i % 2);
+        }
+        for (int i = 0; i < 4; ++i) {
+          b[spec::b_row(lane, i)][spec::b_col(lane)] = spec::element(b_registers[i / 2], i % 2);
+        }
+      }
       for (int i = 0; i < 4; ++i) {
-        b[spec::b_row(lane, i)][spec::b_col(lane)] = spec::element(b_registers[i / 2], i % 2);
         c[spec::c_row(lane, i)][spec::c_col(lane, i)] = call.c[i];
       }
     }
@@ -170,42 +227,64 @@ uint32_t pack_exact(float low, float high) {
   return bits(low) | (bits(high) << 16);
 }
 
+uint32_t tf32_exact(float value) {
+  expect(value == static_cast<float>(static_cast<int16_t>(value)), "rounded value is a small integer", int(value), 0,
+         0);
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
 std::mt19937 rng(1234);
 
-// A shared tile as the kernels lay it out: 64 rows, stride = width rounded up to 16, plus 8; `rows` rows of
-// small random integers (int16 bit patterns), zeros elsewhere. Also returns the values as floats [64][width].
+// A shared tile as the kernels lay it out (elements E: uint16_t holding int16 patterns, or uint32_t holding
+// floats): 64 rows, stride = width rounded up to a k-step, plus 16 bytes; `rows` rows of small random integers,
+// zeros elsewhere. Also returns the values as floats [64][width].
+template <typename E>
 struct HostTile {
   int width, stride;
-  std::vector<uint16_t> data;
+  std::vector<E> data;
   std::vector<float> values;
 };
 
-HostTile random_tile(int rows, int width) {
+template <typename E>
+E stored(int value) {
+  if constexpr (sizeof(E) == 2) {
+    return static_cast<uint16_t>(static_cast<int16_t>(value));
+  } else {
+    return tf32_exact(static_cast<float>(value));
+  }
+}
+
+template <typename E>
+HostTile<E> random_tile(int rows, int width) {
   std::uniform_int_distribution<int> value(-3, 3);
-  const int stride = (width + 15) / 16 * 16 + 8;
-  HostTile tile{width, stride, std::vector<uint16_t>(64 * stride, 0), std::vector<float>(64 * width, 0.0f)};
+  const int step = layout::kStep<E>;
+  const int stride = (width + step - 1) / step * step + layout::kUnit<E>;
+  HostTile<E> tile{width, stride, std::vector<E>(64 * stride, stored<E>(0)), std::vector<float>(64 * width, 0.0f)};
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < width; ++c) {
       const int v = value(rng);
-      tile.data[r * stride + c] = static_cast<uint16_t>(static_cast<int16_t>(v));
+      tile.data[r * stride + c] = stored<E>(v);
       tile.values[r * width + c] = static_cast<float>(v);
     }
   }
   return tile;
 }
 
-constexpr int kMaxSteps = 4, kMaxTiles = 8;
+constexpr int kMaxDim = 64, kMaxTiles = 8;
 
 // scores(): s = R C^T for the warp's rows row0 .. row0 + 15 of R [rows, dim] and C [cols, dim].
+template <typename E>
 void check_scores(int rows, int row0, int cols, int dim) {
-  const HostTile r = random_tile(rows, dim), c = random_tile(cols, dim);
+  const HostTile<E> r = random_tile<E>(rows, dim), c = random_tile<E>(cols, dim);
   static float s[32][layout::kColTiles][4];
   Warp warp;
-  const int steps = (dim + 15) / 16;
+  const int steps = (dim + layout::kStep<E> - 1) / layout::kStep<E>;
   for (int lane = 0; lane < 32; ++lane) {
-    LaneOps ops{&warp, lane};
-    const layout::Tile rows_tile{r.data.data(), r.stride}, cols_tile{c.data.data(), c.stride};
-    layout::scores<kMaxSteps>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
+    LaneOps ops{&warp, lane, sizeof(E) == 4};
+    const layout::Tile<E> rows_tile{r.data.data(), r.stride}, cols_tile{c.data.data(), c.stride};
+    layout::scores<kMaxDim / layout::kStep<E>>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
   }
   replay(warp);
   for (int lane = 0; lane < 32; ++lane) {
@@ -223,8 +302,9 @@ void check_scores(int rows, int row0, int cols, int dim) {
 }
 
 // accumulate_product(): acc += P B for P a 16 x 64 accumulator tile and B [cols, width].
+template <typename E>
 void check_product(int cols, int width) {
-  const HostTile b = random_tile(cols, width);
+  const HostTile<E> b = random_tile<E>(cols, width);
   std::uniform_int_distribution<int> entry(-4, 4);
   float p[16][64];
   for (auto& row : p) {
@@ -248,8 +328,9 @@ void check_product(int cols, int width) {
   Warp warp;
   const int tiles = (width + 7) / 8;
   for (int lane = 0; lane < 32; ++lane) {
-    LaneOps ops{&warp, lane};
-    layout::accumulate_product<kMaxTiles>(acc[lane], c[lane], layout::Tile{b.data.data(), b.stride}, tiles, lane, ops);
+    LaneOps ops{&warp, lane, sizeof(E) == 4};
+    layout::accumulate_product<kMaxTiles>(acc[lane], c[lane], layout::Tile<E>{b.data.data(), b.stride}, tiles, lane,
+                                          ops);
   }
   replay(warp);
   for (int lane = 0; lane < 32; ++lane) {
@@ -268,20 +349,26 @@ void check_product(int cols, int width) {
   }
 }
 
-int main() {
-  check_fragment_maps();
+template <typename E>
+void check_format() {
   // BigGAN's Dqk = 12 and Dv = 48, an odd dim, whole and partial tiles, every warp's row offset.
   for (const int dim : {12, 16, 5, 48, 64}) {
     for (const int row0 : {0, 16, 48}) {
-      check_scores(64, row0, 64, dim);
-      check_scores(53, row0, 37, dim);
+      check_scores<E>(64, row0, 64, dim);
+      check_scores<E>(53, row0, 37, dim);
     }
   }
   for (const int width : {48, 12, 7, 64, 16}) {
-    check_product(64, width);
-    check_product(37, width);
-    check_product(1, width);
+    check_product<E>(64, width);
+    check_product<E>(37, width);
+    check_product<E>(1, width);
   }
+}
+
+int main() {
+  check_fragment_maps();
+  check_format<uint16_t>();
+  check_format<uint32_t>();
   if (failures != 0) {
     std::printf("%d mismatches\n", failures);
     return 1;

@@ -188,10 +188,11 @@ def test_third_order_derivative_matches_reference(backend):
 
 
 def kernel_ops(backend):
+    """The backend's chain of three ops and the attributes after ``scale`` that each takes (``allow_tf32``)."""
     ops = torch.ops.ganops
     if backend == "triton":
         return ops.attention_triton.default, ops.attention_backward_triton.default, ops.attention_double_backward_triton.default, (False,)
-    return ops.attention_cpp.default, ops.attention_backward_cpp.default, ops.attention_double_backward_blockwise.default, ()
+    return ops.attention_cpp.default, ops.attention_backward_cpp.default, ops.attention_double_backward_blockwise.default, (False,)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -205,8 +206,7 @@ def test_opcheck(backend):
     grad_out = torch.randn_like(out).requires_grad_()
     torch.library.opcheck(backward, (grad_out, q, k, v, out.detach(), lse, 0.5, *extra))
     cotangents = [torch.randn_like(t).requires_grad_() for t in (q, k, v)]
-    double_extra = extra if backend == "triton" else ()
-    torch.library.opcheck(double_backward, (*cotangents, grad_out, q, k, v, out.detach(), lse, 0.5, *double_extra))
+    torch.library.opcheck(double_backward, (*cotangents, grad_out, q, k, v, out.detach(), lse, 0.5, *extra))
 
 
 def test_lse_output_is_not_differentiable():
@@ -697,11 +697,14 @@ def test_gradgradcheck_float64():
 
 
 def test_opcheck_of_the_compiled_ops():
+    """Also with allow_tf32 passed (its schema default is False; on the CPU it changes nothing)."""
     require_cpp_attention()
     q, k, v, grad_out = make_inputs((2, 9, 70, 12, 5), torch.float32, 1.0, seed=5)
     torch.library.opcheck(torch.ops.ganops.attention_cpp.default, (q, k, v, 0.5))
+    torch.library.opcheck(torch.ops.ganops.attention_cpp.default, (q, k, v, 0.5, True))
     out, lse = torch.ops.ganops.attention_cpp(q, k, v, 0.5)
     torch.library.opcheck(torch.ops.ganops.attention_backward_cpp.default, (grad_out, q, k, v, out, lse, 0.5))
+    torch.library.opcheck(torch.ops.ganops.attention_backward_cpp.default, (grad_out, q, k, v, out, lse, 0.5, True))
 
 
 def test_torch_compile_fullgraph_forward_and_backward():

@@ -2,8 +2,9 @@
 
 tests/cuda_fragment_emulation.cpp runs the warp-level tile functions of csrc/cuda/attention_mma.cuh (the ones
 the CUDA kernels call) for each of the 32 lanes, with mma.sync emulated from an independent transcription of
-the PTX ISA's m16n8k16 fragment tables, and compares the products with plain matrix products: BigGAN's head
-dims (12, 48), odd dims, partial tiles and every warp's row offset. No GPU and no CUDA toolkit are needed.
+the PTX ISA's fragment tables (m16n8k16 for fp16/bf16, m16n8k8 for tf32), and compares the products with plain
+matrix products, for both element formats (16-bit tiles, and 32-bit tiles with the tf32 k permutation):
+BigGAN's head dims (12, 48), odd dims, partial tiles and every warp's row offset. No GPU and no CUDA toolkit are needed.
 """
 
 import shutil

@@ -1,9 +1,11 @@
 """The CUDA attention kernels' own paths, called through the registered ops: the tensor-core kernels (fp16 and
-bf16, one instantiation per head-dim bound: (16, 64), (64, 64), (64, 128)), the CUDA-core kernels (fp32,
-fp64, and half precision above the bounds), ragged tiles and spans that start off a 16-byte boundary (odd
-head dims). Skipped without a GPU; scripts/gpu_check.sh runs them."""
+bf16, and fp32 as TF32 where torch allows it; one instantiation per head-dim bound: (16, 64), (64, 64),
+(64, 128)), the CUDA-core kernels (fp32 without TF32, fp64, and every dtype above the bounds), ragged tiles
+and spans that start off a 16-byte boundary (odd head dims). Skipped without a GPU; scripts/gpu_check.sh runs them."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from ganops.reference import attention as reference
 from helpers import relative_error
 
-# Relative error against float64: fp16/bf16 round the MMA operands (q, k, v, P, dS) to 11 or 8 bits.
+# Relative error against float64: fp16/bf16 round the MMA operands (q, k, v, P, dS) to 11 or 8 bits (TF32 to 11).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 
 SHAPES = [
@@ -46,55 +48,118 @@ def inputs(shape, dtype, seed=0):
     return [t.to("cuda", dtype) for t in tensors]
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_cuda_attention_forward_and_backward_match_reference(shape, dtype):
-    ops = cuda_ops()
+@contextlib.contextmanager
+def tf32_matmuls(allowed: bool):
+    """torch.backends.cuda.matmul.allow_tf32 set to ``allowed`` inside, restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def attention_errors(ops, shape, dtype, allow_tf32=False) -> dict[str, float]:
+    """Relative errors of the CUDA op's out, lse and gradients against float64 (gradients against the largest
+    gradient's norm)."""
     q, k, v, grad_out = inputs(shape, dtype)
     scale = shape[3] ** -0.5
-    out, lse = ops.attention_cpp(q, k, v, scale)
-    grads = ops.attention_backward_cpp(grad_out, q, k, v, out, lse, scale)
+    out, lse = ops.attention_cpp(q, k, v, scale, allow_tf32)
+    grads = ops.attention_backward_cpp(grad_out, q, k, v, out, lse, scale, allow_tf32)
 
     exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
     expected_out = reference.attention(*exact, scale)
     expected_lse = torch.logsumexp(scale * exact[0] @ exact[1].transpose(-1, -2), dim=-1)
     expected_grads = torch.autograd.grad(expected_out, exact, grad_out.double())
-    tolerance = 2 * TOLERANCE[dtype]
     assert out.dtype == dtype and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert relative_error(out.double(), expected_out.detach()) < tolerance
-    assert relative_error(lse.double(), expected_lse.detach()) < tolerance
+    errors = {"out": relative_error(out.double(), expected_out.detach()),
+              "lse": relative_error(lse.double(), expected_lse.detach())}
     floor = max(g.norm().item() for g in expected_grads)
     for name, got, want in zip(("grad_q", "grad_k", "grad_v"), grads, expected_grads):
-        error = relative_error(got.double(), want, floor)
+        errors[name] = relative_error(got.double(), want, floor)
+    return errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_attention_forward_and_backward_match_reference(shape, dtype):
+    """allow_tf32 False (the ops' default): fp32 on the exact CUDA-core kernels, whatever torch's setting."""
+    ops = cuda_ops()
+    tolerance = 2 * TOLERANCE[dtype]
+    with tf32_matmuls(True):
+        errors = attention_errors(ops, shape, dtype)
+    for name, error in errors.items():
         assert error < tolerance, f"{name}: relative error {error:.3e} > {tolerance:.1e}"
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_attention_is_deterministic_and_leaves_no_nan_in_partial_tiles(dtype):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_attention_fp32_runs_on_tf32_tensor_cores_where_allowed(shape):
+    """fp32 with allow_tf32: shapes within the tensor-core bounds (Dqk <= 64, Dv <= 128) run mma.m16n8k8.tf32,
+    whose operands keep 11 bits as fp16's do (fp16's tolerance), and show it: their error is above fp32's; the
+    other shapes stay on the exact kernels."""
+    ops = cuda_ops()
+    with tf32_matmuls(False):
+        errors = attention_errors(ops, shape, torch.float32, allow_tf32=True)
+    _, _, keys, qk_dim, v_dim = shape
+    on_tensor_cores = qk_dim <= 64 and v_dim <= 128
+    tolerance = 2 * (TOLERANCE[torch.float16] if on_tensor_cores else TOLERANCE[torch.float32])
+    for name, error in errors.items():
+        assert error < tolerance, f"{name}: relative error {error:.3e} > {tolerance:.1e}"
+    if on_tensor_cores and keys >= 64:
+        assert errors["out"] > TOLERANCE[torch.float32], errors
+
+
+# The tensor-core paths: fp16, bf16, and fp32 with TF32 allowed.
+TENSOR_CORE_CASES = [(torch.float16, False), (torch.bfloat16, False), (torch.float32, True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tf32", TENSOR_CORE_CASES)
+def test_cuda_attention_is_deterministic_and_leaves_no_nan_in_partial_tiles(dtype, tf32):
     ops = cuda_ops()
     q, k, v, grad_out = inputs((3, 77, 129, 5, 7), dtype, seed=1)
     runs = []
     for _ in range(2):
-        out, lse = ops.attention_cpp(q, k, v, 0.3)
-        runs.append((out, lse, *ops.attention_backward_cpp(grad_out, q, k, v, out, lse, 0.3)))
+        out, lse = ops.attention_cpp(q, k, v, 0.3, tf32)
+        runs.append((out, lse, *ops.attention_backward_cpp(grad_out, q, k, v, out, lse, 0.3, tf32)))
     for first, second in zip(*runs):
         assert torch.isfinite(first).all()
         assert torch.equal(first, second)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_attention_large_logits_stay_exact(dtype):
-    """Logits of ~1e3 in half precision: the online softmax in fp32 must not overflow."""
+@pytest.mark.parametrize("dtype, tf32", TENSOR_CORE_CASES)
+def test_cuda_attention_large_logits_stay_exact(dtype, tf32):
+    """Logits of ~1e3 on the tensor cores: the online softmax in fp32 must not overflow."""
     ops = cuda_ops()
     q, k, v, grad_out = inputs((2, 150, 200, 12, 48), dtype, seed=2)
     q = q * 30
-    out, lse = ops.attention_cpp(q, k, v, 1.0)
+    out, lse = ops.attention_cpp(q, k, v, 1.0, tf32)
     expected = reference.attention(q.double(), k.double(), v.double(), 1.0)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-    assert relative_error(out.double(), expected) < 2 * TOLERANCE[dtype]
+    assert relative_error(out.double(), expected) < 2 * TOLERANCE[torch.float16 if tf32 else dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("argument, torch_setting", [(None, True), (None, False), (True, False), (False, True)])
+def test_public_attention_on_cpp_follows_allow_tf32_then_torchs_setting(argument, torch_setting):
+    """ganops.attention(..., backend="cpp") on fp32: the allow_tf32 argument decides, None defers to torch's float32
+    matmul setting; TF32 shows as an error above fp32's tolerance (BigGAN's shape, on the tensor cores)."""
+    import ganops
+
+    cuda_ops()
+    q, k, v, _ = inputs((2, 4096, 1024, 12, 48), torch.float32, seed=3)
+    expected = reference.attention(q.double(), k.double(), v.double(), 1.0)
+    with tf32_matmuls(torch_setting):
+        out = ganops.attention(q, k, v, 1.0, allow_tf32=argument, backend="cpp")
+    error = relative_error(out.double(), expected)
+    uses_tf32 = torch_setting if argument is None else argument
+    if uses_tf32:
+        assert TOLERANCE[torch.float32] < error < 2 * TOLERANCE[torch.float16], error
+    else:
+        assert error < 2 * TOLERANCE[torch.float32], error
 
 
 def biggan_128_d_shapes() -> list[tuple[int, int]]:

@@ -281,8 +281,9 @@ void backward_kernel(
 constexpr const char* kForwardOp = "ganops::attention_cpp";
 constexpr const char* kBackwardOp = "ganops::attention_backward_cpp";
 
+// allow_tf32 (fp32 on a GPU's tensor cores) has no meaning on the CPU: every product is exact.
 std::tuple<at::Tensor, at::Tensor> attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool /*allow_tf32*/) {
   const AttentionSizes n = check_attention_inputs(kForwardOp, q, k, v, scale);
   const auto acc_dtype = accumulate_dtype(q.scalar_type());
   auto out = at::empty({n.batch, n.queries, n.v_dim}, q.options().dtype(acc_dtype));
@@ -298,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale) {
+    const at::Tensor& lse, double scale, bool /*allow_tf32*/) {
   const AttentionSizes n = check_attention_backward_inputs(kBackwardOp, grad_out, q, k, v, out, lse, scale);
   const auto acc_dtype = accumulate_dtype(q.scalar_type());
   const auto acc_options = q.options().dtype(acc_dtype);

@@ -1,12 +1,15 @@
 // CUDA kernels of the fused attention ops, FlashAttention-2 style, in two families:
 //
-// * Tensor cores (fp16 and bf16 on sm_80 and later, Dqk <= 64 and Dv <= 128; the `tc` namespace below):
-//   mma.sync.m16n8k16 with fp32 accumulators, cp.async double buffering, scores kept in registers between
-//   the two products of a step. Written as plain CUDA with inline PTX rather than on CuTe/CUTLASS: the
-//   kernels need four fragment maps (attention_mma.cuh) and a handful of PTX instructions, which a CPU test
-//   can check lane by lane, where CuTe's layouts would add a pinned header-only dependency whose layout
-//   algebra no test here can run. wgmma (sm_90) is not used: mma.sync runs on sm_90 too, at a lower peak.
-// * CUDA cores (fp32, fp64, and fp16/bf16 on older GPUs or larger head dims), exact FFMA in acc_type:
+// * Tensor cores (fp16 and bf16 on sm_80 and later, and fp32 as TF32 where the op's allow_tf32 says so: it
+//   follows torch's float32 matmul setting unless the caller passes it; Dqk <= 64 and Dv <= 128; the `tc`
+//   namespace below): mma.sync.m16n8k16 (fp16, bf16) or m16n8k8 (tf32) with fp32 accumulators, cp.async
+//   double buffering, scores kept in registers between the two products of a step. Written as plain CUDA
+//   with inline PTX rather than on CuTe/CUTLASS: the kernels need a few fragment maps (attention_mma.cuh) and
+//   a handful of PTX instructions, which a CPU test can check lane by lane, where CuTe's layouts would add a
+//   pinned header-only dependency whose layout algebra no test here can run. wgmma (sm_90) is not used:
+//   mma.sync runs on sm_90 too, at a lower peak.
+// * CUDA cores (fp32 without TF32, fp64, and the others on older GPUs or larger head dims), exact FFMA in
+//   acc_type:
 //   - forward: one block per (batch, tile of queries); the scaled query tile stays in shared memory while
 //     the key and value tiles stream through it; a running max and sum per query (online softmax) keep
 //     logits of any magnitude exact, and the unnormalised output tile accumulates in shared memory.
@@ -395,19 +398,22 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Tensor-core kernels (fp16 and bf16 on sm_80 and later): FlashAttention-2 on mma.sync.m16n8k16 with fp32
-// accumulators. Each CTA owns kTileRows = 64 rows (queries, or keys in the dK/dV pass), 16 per warp (the MMA's
+// Tensor-core kernels (fp16 and bf16, and fp32 as TF32, on sm_80 and later): FlashAttention-2 on mma.sync with
+// fp32 accumulators. Each CTA owns kTileRows = 64 rows (queries, or keys in the dK/dV pass), 16 per warp (the MMA's
 // M), and streams the other side through shared memory kTileCols = 64 rows at a time; the score tile of a step
 // stays in registers and feeds the next product as its A operand (mma_layout::c_tile_for_a).
 //
-// Shared tiles are row-major with a row stride of the head dim rounded up to 16, plus 8 (16-byte aligned rows
-// for ldmatrix; an odd number of 16-byte units so that ldmatrix's 8 rows hit 8 different bank groups). The
-// columns past the head dim are zeroed once per kernel and the rows past the tensor's end are zero-filled by
-// the copy, so the products run over whole 16 x 16 blocks with no predicate: the head dims pad to the MMA
-// shape inside shared memory, and no padded copy exists in global memory. Copies are cp.async in the widest
-// chunk (16, 8 or 4 bytes) that the head dim and the tensor's alignment allow, double-buffered so that the
-// next step's copy runs under this step's math; odd head dims fall back to element copies. Elements travel as
-// 16-bit patterns; only the MMA's type suffix distinguishes fp16 from bf16.
+// Shared tiles are row-major with a row stride of the head dim rounded up to a k-step (32 bytes), plus 16 bytes
+// (16-byte aligned rows for ldmatrix; an odd number of 16-byte units so that ldmatrix's 8 rows hit 8 different
+// bank groups, and so that the tf32 B loads of 8 columns from rows 2 quad and 2 quad + 1 hit 32 different
+// banks). The columns past the head dim are zeroed once per kernel and the rows past the tensor's end are
+// zero-filled by the copy, so the products run over whole k-steps with no predicate: the head dims pad to the
+// MMA shape inside shared memory, and no padded copy exists in global memory. Copies are cp.async in the
+// widest chunk (16, 8 or 4 bytes) that the head dim and the tensor's alignment allow, double-buffered so that
+// the next step's copy runs under this step's math; 16-bit elements of odd head dims fall back to element
+// copies. Elements travel as bit patterns (E: uint16_t, or uint32_t for fp32); only the MMA's type suffix
+// distinguishes fp16 from bf16. fp32 elements are rounded to tf32 (cvt.rna) as they enter the MMA's registers,
+// so shared memory holds the exact inputs, as in cuBLAS's TF32 GEMMs.
 namespace tc {
 
 namespace layout = mma_layout;
@@ -430,21 +436,34 @@ constexpr HeadBounds kHeadBounds[] = {{16, 64}, {64, 64}, {64, 128}};
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// How a tensor-core kernel stores elements of T in shared memory: their bit patterns.
+template <typename T>
+using Storage = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+
 // Row stride (elements) of a shared tile of head dim `width`.
-__host__ __device__ constexpr int64_t tile_stride(int64_t width) { return ceil_div(width, 16) * 16 + 8; }
-__host__ __device__ constexpr int64_t tile_elements(int64_t width) { return kTileRows * tile_stride(width); }
+template <typename E>
+__host__ __device__ constexpr int64_t tile_stride(int64_t width) {
+  return ceil_div(width, layout::kStep<E>) * layout::kStep<E> + layout::kUnit<E>;
+}
+template <typename E>
+__host__ __device__ constexpr int64_t tile_elements(int64_t width) {
+  return kTileRows * tile_stride<E>(width);
+}
 
 // Shared bytes of each kernel; the kernels carve their buffers in this order.
+template <typename E>
 __host__ __device__ constexpr int64_t forward_shared_bytes(int64_t qk_dim, int64_t v_dim) {
-  return 2 * (3 * tile_elements(qk_dim) + 2 * tile_elements(v_dim));
+  return int64_t(sizeof(E)) * (3 * tile_elements<E>(qk_dim) + 2 * tile_elements<E>(v_dim));
 }
 // grad_q and grad_kv: the owned rows' two tiles, two buffers of each streamed tile, and (grad_kv only) two
 // buffers of lse and Delta per streamed row in float.
+template <typename E>
 __host__ __device__ constexpr int64_t grad_q_shared_bytes(int64_t qk_dim, int64_t v_dim) {
-  return forward_shared_bytes(qk_dim, v_dim) + 2 * tile_elements(v_dim);
+  return forward_shared_bytes<E>(qk_dim, v_dim) + int64_t(sizeof(E)) * 2 * tile_elements<E>(v_dim);
 }
+template <typename E>
 __host__ __device__ constexpr int64_t grad_kv_shared_bytes(int64_t qk_dim, int64_t v_dim) {
-  return grad_q_shared_bytes(qk_dim, v_dim) + 4 * kTileCols * int64_t(sizeof(float));
+  return grad_q_shared_bytes<E>(qk_dim, v_dim) + 4 * kTileCols * int64_t(sizeof(float));
 }
 
 template <typename T>
@@ -480,20 +499,37 @@ __device__ __forceinline__ void mma<__nv_bfloat16>(
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+template <>
+__device__ __forceinline__ void mma<float>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// An fp32 value rounded to tf32 (nearest, ties away from zero), in the register layout the MMA reads.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t rounded;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(rounded) : "f"(x));
+  return rounded;
+}
 
 __device__ __forceinline__ unsigned shared_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+__device__ __forceinline__ void ldmatrix_x4_b16(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(p)));
+}
+
 // The `ops` of the tile functions in attention_mma.cuh.
 template <typename T>
 struct TensorCoreOps {
-  __device__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) const {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p)));
-  }
-  __device__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* p) const {
+  __device__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) const { ldmatrix_x4_b16(r, p); }
+  __device__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) const {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(shared_address(p)));
@@ -503,10 +539,25 @@ struct TensorCoreOps {
   }
   __device__ uint32_t pack(float low, float high) const { return tc::pack<T>(low, high); }
 };
+template <>
+struct TensorCoreOps<float> {
+  __device__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) const {
+    ldmatrix_x4_b16(r, p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      r[i] = to_tf32(__uint_as_float(r[i]));
+    }
+  }
+  __device__ uint32_t load_b(const uint32_t* p) const { return to_tf32(__uint_as_float(*p)); }
+  __device__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
+    tc::mma<float>(c, a, b0, b1);
+  }
+  __device__ uint32_t round(float x) const { return to_tf32(x); }
+};
 
 // cp.async of `Bytes` bytes, or of zeros when `present` is false (src-size 0: nothing is read).
 template <int Bytes>
-__device__ __forceinline__ void cp_async(uint16_t* shared_dst, const uint16_t* global_src, bool present) {
+__device__ __forceinline__ void cp_async(void* shared_dst, const void* global_src, bool present) {
   const unsigned dst = shared_address(shared_dst);
   const int src_bytes = present ? Bytes : 0;
   if constexpr (Bytes == 16) {
@@ -523,32 +574,39 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 }
 
-// How a [*, width] tensor is copied into tiles: the widest cp.async chunk (elements) that divides the row and
-// the tensor's alignment, or 0 for element copies.
-__device__ int chunk_elements(const void* tensor, int width) {
+// How a [*, width] tensor of E is copied into tiles: the widest cp.async chunk (bytes) that divides the row and
+// the tensor's alignment, or 0 for element copies (16-bit elements only).
+template <typename E>
+__device__ int chunk_bytes(const E* tensor, int width) {
   const auto address = reinterpret_cast<uintptr_t>(tensor);
   for (int bytes = 16; bytes >= 4; bytes /= 2) {
-    if ((width * 2) % bytes == 0 && address % bytes == 0) {
-      return bytes / 2;
+    if ((width * int(sizeof(E))) % bytes == 0 && address % bytes == 0) {
+      return bytes;
     }
   }
   return 0;
 }
 
 // A tile buffer and how to fill it from one [*, width] tensor.
+template <typename E>
 struct TileSource {
-  const uint16_t* tensor;  // row 0 of the batch
+  const E* tensor;  // row 0 of the batch
   int width, stride, chunk;
 };
 
-template <int Elements>
-__device__ __forceinline__ void copy_rows_in_chunks(
-    uint16_t* tile, const TileSource& source, int64_t row0, int rows) {
-  const int per_row = source.width / Elements;
+template <typename E>
+__device__ TileSource<E> tile_source(const E* tensor, int width) {
+  return {tensor, width, static_cast<int>(tile_stride<E>(width)), chunk_bytes(tensor, width)};
+}
+
+template <int Bytes, typename E>
+__device__ __forceinline__ void copy_rows_in_chunks(E* tile, const TileSource<E>& source, int64_t row0, int rows) {
+  constexpr int kElements = Bytes / int(sizeof(E));
+  const int per_row = source.width / kElements;
   for (int e = threadIdx.x; e < kTileRows * per_row; e += kThreads) {
-    const int r = e / per_row, c = (e - r * per_row) * Elements;
+    const int r = e / per_row, c = (e - r * per_row) * kElements;
     const bool present = r < rows;
-    cp_async<Elements * 2>(
+    cp_async<Bytes>(
         tile + r * source.stride + c, source.tensor + (present ? (row0 + r) * source.width + c : 0), present);
   }
 }
@@ -556,27 +614,29 @@ __device__ __forceinline__ void copy_rows_in_chunks(
 // Starts filling `tile` with rows row0 .. row0 + rows - 1 of the source and zeros in the tile's other rows
 // (columns < width; the columns past it are zero from zero_padding). All threads take part; the tile is
 // complete for the block after cp_async_wait and __syncthreads.
-__device__ void fill_tile_async(uint16_t* tile, const TileSource& source, int64_t row0, int rows) {
+template <typename E>
+__device__ void fill_tile_async(E* tile, const TileSource<E>& source, int64_t row0, int rows) {
   switch (source.chunk) {
+    case 16:
+      copy_rows_in_chunks<16>(tile, source, row0, rows);
+      break;
     case 8:
       copy_rows_in_chunks<8>(tile, source, row0, rows);
       break;
     case 4:
       copy_rows_in_chunks<4>(tile, source, row0, rows);
       break;
-    case 2:
-      copy_rows_in_chunks<2>(tile, source, row0, rows);
-      break;
     default:
       for (int e = threadIdx.x; e < kTileRows * source.width; e += kThreads) {
         const int r = e / source.width, c = e - r * source.width;
-        tile[r * source.stride + c] = r < rows ? source.tensor[(row0 + r) * source.width + c] : uint16_t(0);
+        tile[r * source.stride + c] = r < rows ? source.tensor[(row0 + r) * source.width + c] : E(0);
       }
   }
 }
 
 // Zeros columns width .. stride - 1 of every row of `count` consecutive tiles of this width.
-__device__ void zero_padding(uint16_t* first_tile, int count, int width, int stride) {
+template <typename E>
+__device__ void zero_padding(E* first_tile, int count, int width, int stride) {
   const int pad = stride - width;
   for (int e = threadIdx.x; e < count * kTileRows * pad; e += kThreads) {
     const int row = e / pad;
@@ -585,7 +645,7 @@ __device__ void zero_padding(uint16_t* first_tile, int count, int width, int str
 }
 
 // 2^x with one MUFU.EX2 (exp2f adds a denormal range fix-up around it): the probabilities it feeds are
-// rounded to fp16/bf16, far coarser than the approximation's 2 ulp; 2^-inf = 0.
+// rounded to fp16/bf16/tf32, far coarser than the approximation's 2 ulp; 2^-inf = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -602,13 +662,14 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 template <typename T>
-__device__ __forceinline__ const uint16_t* bits(const T* p) {
-  return reinterpret_cast<const uint16_t*>(p);
+__device__ __forceinline__ const Storage<T>* bits(const T* p) {
+  return reinterpret_cast<const Storage<T>*>(p);
 }
 
-__device__ uint16_t* shared_buffer() {
+template <typename E>
+__device__ E* shared_buffer() {
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  return reinterpret_cast<uint16_t*>(shared_bytes);
+  return reinterpret_cast<E*>(shared_bytes);
 }
 
 // Two consecutive shared buffers, picked by a runtime index without a local array (which would live in
@@ -645,33 +706,34 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
     float* __restrict__ lse, AttentionShape s, float scale_log2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  using E = Storage<T>;
+  constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
   TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
-  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
   const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
-  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
+  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
   const int64_t tiles = ceil_div(s.queries, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
 
-  uint16_t* q_buffer = shared_buffer();
-  const BufferPair<uint16_t> k_buffers{q_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
-  const BufferPair<uint16_t> v_buffers{k_buffers.end(), tile_elements(v_dim)};
+  E* q_buffer = shared_buffer<E>();
+  const BufferPair<E> k_buffers{q_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
+  const BufferPair<E> v_buffers{k_buffers.end(), tile_elements<E>(v_dim)};
   zero_padding(q_buffer, 3, qk_dim, qk_stride);
   zero_padding(v_buffers[0], 2, v_dim, v_stride);
 
-  const TileSource q_source{bits(q) + b * s.queries * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
-  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
-  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
+  const TileSource<E> q_source = tile_source(bits(q) + b * s.queries * qk_dim, qk_dim);
+  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
   fill_tile_async(q_buffer, q_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
   fill_tile_async(k_buffers[0], k_source, 0, cols);
   fill_tile_async(v_buffers[0], v_source, 0, cols);
   cp_async_commit();
 
-  const Tile q_tile{q_buffer, qk_stride};
+  const Tile<E> q_tile{q_buffer, qk_stride};
   float o[kMaxVTiles][4] = {};
   // Per row of the thread (group and group + 8): running max of the log2-scaled scores, and this thread's
   // part of the running sum (the quad's four parts are added at the end; all share the max).
@@ -692,7 +754,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
     __syncthreads();
 
     float p[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, Tile{k_buffers[buffer], qk_stride}, qk_steps, lane, ops);
+    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, Tile<E>{k_buffers[buffer], qk_stride}, qk_steps, lane, ops);
     float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
@@ -726,7 +788,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
         o[dt][i] *= correction[i >> 1];
       }
     }
-    layout::accumulate_product<kMaxVTiles>(o, p, Tile{v_buffers[buffer], v_stride}, v_tiles, lane, ops);
+    layout::accumulate_product<kMaxVTiles>(o, p, Tile<E>{v_buffers[buffer], v_stride}, v_tiles, lane, ops);
     // Every warp is done with this step's buffers before the next step's copy overwrites them.
     __syncthreads();
     cols = next_cols;
@@ -761,31 +823,32 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ grad_q, AttentionShape s,
     float scale, float scale_log2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
-  constexpr int kMaxVSteps = kMaxV / layout::kK;
+  using E = Storage<T>;
+  constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kStep<E>;
   TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
-  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
-  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
   const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
-  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
+  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
   const int64_t tiles = ceil_div(s.queries, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
 
-  uint16_t* q_buffer = shared_buffer();
-  const BufferPair<uint16_t> k_buffers{q_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
-  const BufferPair<uint16_t> v_buffers{k_buffers.end(), tile_elements(v_dim)};
-  uint16_t* go_buffer = v_buffers.end();
+  E* q_buffer = shared_buffer<E>();
+  const BufferPair<E> k_buffers{q_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
+  const BufferPair<E> v_buffers{k_buffers.end(), tile_elements<E>(v_dim)};
+  E* go_buffer = v_buffers.end();
   zero_padding(q_buffer, 3, qk_dim, qk_stride);
   zero_padding(v_buffers[0], 3, v_dim, v_stride);
 
   const int64_t first = b * s.queries + row0;
-  const TileSource q_source{bits(q) + b * s.queries * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
-  const TileSource go_source{bits(grad_out) + b * s.queries * v_dim, v_dim, v_stride, chunk_elements(grad_out, v_dim)};
-  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
-  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
+  const TileSource<E> q_source = tile_source(bits(q) + b * s.queries * qk_dim, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out) + b * s.queries * v_dim, v_dim);
+  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
   fill_tile_async(q_buffer, q_source, row0, rows);
   fill_tile_async(go_buffer, go_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
@@ -800,7 +863,7 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     row_lse[h] = row < rows ? lse[first + row] * kLog2e : 0.0f;
     row_delta[h] = row < rows ? delta[first + row] : 0.0f;
   }
-  const Tile q_tile{q_buffer, qk_stride}, go_tile{go_buffer, v_stride};
+  const Tile<E> q_tile{q_buffer, qk_stride}, go_tile{go_buffer, v_stride};
   float dq[kMaxQkTiles][4] = {};
   int buffer = 0;
   for (int64_t col0 = 0; col0 < s.keys; col0 += kTileCols) {
@@ -817,10 +880,10 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
     }
     __syncthreads();
 
-    const Tile k_tile{k_buffers[buffer], qk_stride};
+    const Tile<E> k_tile{k_buffers[buffer], qk_stride};
     float p[kColTiles][4], dp[kColTiles][4];
     layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
-    layout::scores<kMaxVSteps>(dp, go_tile, warp_row0, Tile{v_buffers[buffer], v_stride}, v_steps, lane, ops);
+    layout::scores<kMaxVSteps>(dp, go_tile, warp_row0, Tile<E>{v_buffers[buffer], v_stride}, v_steps, lane, ops);
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
@@ -847,36 +910,37 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ grad_k, T* __restrict__ grad_v,
     AttentionShape s, float scale, float scale_log2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  constexpr int kMaxQkSteps = kMaxQk / layout::kK, kMaxQkTiles = kMaxQk / layout::kN;
-  constexpr int kMaxVSteps = kMaxV / layout::kK, kMaxVTiles = kMaxV / layout::kN;
+  using E = Storage<T>;
+  constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
   TensorCoreOps<T> ops;
   const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
   const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
-  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kK));
-  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kK));
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
   const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
   const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
-  const int qk_stride = static_cast<int>(tile_stride(qk_dim)), v_stride = static_cast<int>(tile_stride(v_dim));
+  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
   const int64_t tiles = ceil_div(s.keys, kTileRows);
   const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
   const int rows = static_cast<int>(min(int64_t(kTileRows), s.keys - row0));
 
   // The same carving as grad_q with the roles of queries and keys swapped, then the per-query statistics.
-  uint16_t* k_buffer = shared_buffer();
-  const BufferPair<uint16_t> q_buffers{k_buffer + tile_elements(qk_dim), tile_elements(qk_dim)};
-  const BufferPair<uint16_t> go_buffers{q_buffers.end(), tile_elements(v_dim)};
-  uint16_t* v_buffer = go_buffers.end();
-  const BufferPair<float> lse_buffers{reinterpret_cast<float*>(v_buffer + tile_elements(v_dim)), kTileCols};
+  E* k_buffer = shared_buffer<E>();
+  const BufferPair<E> q_buffers{k_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
+  const BufferPair<E> go_buffers{q_buffers.end(), tile_elements<E>(v_dim)};
+  E* v_buffer = go_buffers.end();
+  const BufferPair<float> lse_buffers{reinterpret_cast<float*>(v_buffer + tile_elements<E>(v_dim)), kTileCols};
   const BufferPair<float> delta_buffers{lse_buffers.end(), kTileCols};
   zero_padding(k_buffer, 3, qk_dim, qk_stride);
   zero_padding(go_buffers[0], 3, v_dim, v_stride);
 
   const int64_t first = b * s.keys + row0;
   const int64_t q_first = b * s.queries;
-  const TileSource k_source{bits(k) + b * s.keys * qk_dim, qk_dim, qk_stride, chunk_elements(k, qk_dim)};
-  const TileSource v_source{bits(v) + b * s.keys * v_dim, v_dim, v_stride, chunk_elements(v, v_dim)};
-  const TileSource q_source{bits(q) + q_first * qk_dim, qk_dim, qk_stride, chunk_elements(q, qk_dim)};
-  const TileSource go_source{bits(grad_out) + q_first * v_dim, v_dim, v_stride, chunk_elements(grad_out, v_dim)};
+  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
+  const TileSource<E> q_source = tile_source(bits(q) + q_first * qk_dim, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out) + q_first * v_dim, v_dim);
   fill_tile_async(k_buffer, k_source, row0, rows);
   fill_tile_async(v_buffer, v_source, row0, rows);
   // Query statistics are few (2 floats a query): plain loads into shared memory, visible after the barrier.
@@ -892,7 +956,7 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
   copy_stats(0, cols, 0);
   cp_async_commit();
 
-  const Tile k_tile{k_buffer, qk_stride}, v_tile{v_buffer, v_stride};
+  const Tile<E> k_tile{k_buffer, qk_stride}, v_tile{v_buffer, v_stride};
   float dk[kMaxQkTiles][4] = {}, dv[kMaxVTiles][4] = {};
   int buffer = 0;
   for (int64_t col0 = 0; col0 < s.queries; col0 += kTileCols) {
@@ -910,7 +974,7 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
     }
     __syncthreads();
 
-    const Tile q_tile{q_buffers[buffer], qk_stride}, go_tile{go_buffers[buffer], v_stride};
+    const Tile<E> q_tile{q_buffers[buffer], qk_stride}, go_tile{go_buffers[buffer], v_stride};
     const float* col_lse = lse_buffers[buffer];
     const float* col_delta = delta_buffers[buffer];
     float p[kColTiles][4], dp[kColTiles][4];
@@ -1012,6 +1076,12 @@ LaunchTile choose_tile(const SharedElements& elements, size_t element_bytes, con
 template <typename T>
 constexpr bool kHalfPrecision = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
 
+// Whether the tensor-core kernels may run for T: fp16 and bf16 always, fp32 as TF32 where the caller allows it.
+template <typename T>
+bool tensor_cores_allowed(bool allow_tf32) {
+  return kHalfPrecision<T> || (std::is_same<T, float>::value && allow_tf32);
+}
+
 // The tensor-core instantiation for the shape: the index into tc::kHeadBounds of the first bounds that hold
 // (Dqk, Dv); -1 when the device predates sm_80, the head dims exceed every bound or the buffers exceed the
 // shared memory.
@@ -1041,7 +1111,7 @@ AttentionLaunch tensor_core_forward(
     const T* q, const T* k, const T* v, T* out, float* lse, const AttentionShape& shape, double scale,
     const DeviceInfo& info, int bounds, cudaStream_t stream) {
   const int64_t blocks = shape.batch * ceil_div(shape.queries, tc::kTileRows);
-  const size_t bytes = static_cast<size_t>(tc::forward_shared_bytes(shape.qk_dim, shape.v_dim));
+  const size_t bytes = static_cast<size_t>(tc::forward_shared_bytes<tc::Storage<T>>(shape.qk_dim, shape.v_dim));
   const float scale_log2 = static_cast<float>(scale) * tc::kLog2e;
   return {launch(
       GANOPS_TC_KERNEL(tc::forward_kernel, T, bounds), info, blocks, bytes, stream, q, k, v, out, lse, shape,
@@ -1057,13 +1127,13 @@ AttentionLaunch tensor_core_backward(
   const float scale_log2 = acc_scale * tc::kLog2e;
   cudaError_t error = launch(
       GANOPS_TC_KERNEL(tc::grad_q_kernel, T, bounds), info, shape.batch * ceil_div(shape.queries, tc::kTileRows),
-      static_cast<size_t>(tc::grad_q_shared_bytes(shape.qk_dim, shape.v_dim)), stream, grad_out, q, k, v, lse,
-      delta, grad_q, shape, acc_scale, scale_log2);
+      static_cast<size_t>(tc::grad_q_shared_bytes<tc::Storage<T>>(shape.qk_dim, shape.v_dim)), stream, grad_out, q,
+      k, v, lse, delta, grad_q, shape, acc_scale, scale_log2);
   if (error == cudaSuccess) {
     error = launch(
         GANOPS_TC_KERNEL(tc::grad_kv_kernel, T, bounds), info, shape.batch * ceil_div(shape.keys, tc::kTileRows),
-        static_cast<size_t>(tc::grad_kv_shared_bytes(shape.qk_dim, shape.v_dim)), stream, grad_out, q, k, v, lse,
-        delta, grad_k, grad_v, shape, acc_scale, scale_log2);
+        static_cast<size_t>(tc::grad_kv_shared_bytes<tc::Storage<T>>(shape.qk_dim, shape.v_dim)), stream, grad_out,
+        q, k, v, lse, delta, grad_k, grad_v, shape, acc_scale, scale_log2);
   }
   return {error};
 }
@@ -1075,7 +1145,7 @@ AttentionLaunch tensor_core_backward(
 template <typename T>
 AttentionLaunch attention_forward(
     const T* q, const T* k, const T* v, T* out, acc_type<T>* lse, const AttentionShape& shape, double scale,
-    cudaStream_t stream) {
+    bool allow_tf32, cudaStream_t stream) {
   using acc_t = acc_type<T>;
   if (shape.batch == 0 || shape.queries == 0) {
     return {};
@@ -1085,8 +1155,10 @@ AttentionLaunch attention_forward(
   if (error != cudaSuccess) {
     return {error};
   }
-  if constexpr (kHalfPrecision<T>) {
-    const int bounds = tensor_core_bounds(shape, info, tc::forward_shared_bytes(shape.qk_dim, shape.v_dim));
+  if constexpr (kHalfPrecision<T> || std::is_same<T, float>::value) {
+    const int bounds = tensor_cores_allowed<T>(allow_tf32)
+        ? tensor_core_bounds(shape, info, tc::forward_shared_bytes<tc::Storage<T>>(shape.qk_dim, shape.v_dim))
+        : -1;
     if (bounds >= 0) {
       return tensor_core_forward(q, k, v, out, lse, shape, scale, info, bounds, stream);
     }
@@ -1104,7 +1176,7 @@ template <typename T>
 AttentionLaunch attention_backward(
     const T* grad_out, const T* q, const T* k, const T* v, const T* out, const acc_type<T>* lse,
     acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
-    cudaStream_t stream) {
+    bool allow_tf32, cudaStream_t stream) {
   using acc_t = acc_type<T>;
   const acc_t acc_scale = static_cast<acc_t>(scale);
   DeviceInfo info;
@@ -1114,8 +1186,10 @@ AttentionLaunch attention_backward(
   }
   // Pick the kernels before launching anything, so that a shape no kernel fits launches nothing.
   int bounds = -1;
-  if constexpr (kHalfPrecision<T>) {
-    bounds = tensor_core_bounds(shape, info, tc::grad_kv_shared_bytes(shape.qk_dim, shape.v_dim));
+  if constexpr (kHalfPrecision<T> || std::is_same<T, float>::value) {
+    if (tensor_cores_allowed<T>(allow_tf32)) {
+      bounds = tensor_core_bounds(shape, info, tc::grad_kv_shared_bytes<tc::Storage<T>>(shape.qk_dim, shape.v_dim));
+    }
   }
   const LaunchTile q_tile =
       choose_tile([&](int t) { return grad_q_shared_elements(t, shape); }, sizeof(acc_t), info);
@@ -1137,7 +1211,7 @@ AttentionLaunch attention_backward(
       return {error};
     }
   }
-  if constexpr (kHalfPrecision<T>) {
+  if constexpr (kHalfPrecision<T> || std::is_same<T, float>::value) {
     if (bounds >= 0) {
       return tensor_core_backward(
           grad_out, q, k, v, lse, delta_workspace, grad_q, grad_k, grad_v, shape, scale, info, bounds, stream);
@@ -1157,10 +1231,10 @@ AttentionLaunch attention_backward(
 
 #define GANOPS_INSTANTIATE_ATTENTION(T)                                                                            \
   template AttentionLaunch attention_forward<T>(                                                                   \
-      const T*, const T*, const T*, T*, acc_type<T>*, const AttentionShape&, double, cudaStream_t);                \
+      const T*, const T*, const T*, T*, acc_type<T>*, const AttentionShape&, double, bool, cudaStream_t);          \
   template AttentionLaunch attention_backward<T>(                                                                  \
       const T*, const T*, const T*, const T*, const T*, const acc_type<T>*, acc_type<T>*, T*, T*,                  \
-      T*, const AttentionShape&, double, cudaStream_t);
+      T*, const AttentionShape&, double, bool, cudaStream_t);
 
 GANOPS_INSTANTIATE_ATTENTION(double)
 GANOPS_INSTANTIATE_ATTENTION(float)

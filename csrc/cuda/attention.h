@@ -28,11 +28,12 @@ struct AttentionLaunch {
   bool head_dims_fit = true;
 };
 
-// out = softmax(scale * q k^T) v and lse = logsumexp(scale * q k^T) over the keys.
+// out = softmax(scale * q k^T) v and lse = logsumexp(scale * q k^T) over the keys. allow_tf32: fp32 inputs
+// may run on the tensor cores as TF32 (the op's argument); ignored for other types.
 template <typename T>
 AttentionLaunch attention_forward(
     const T* q, const T* k, const T* v, T* out, acc_type<T>* lse, const AttentionShape& shape, double scale,
-    cudaStream_t stream);
+    bool allow_tf32, cudaStream_t stream);
 
 // grad_q, grad_k, grad_v from grad_out and the forward's out and lse. delta_workspace holds B * Nq
 // elements: Delta = rowsum(grad_out * out), passed from the first kernel to the other two.
@@ -40,7 +41,7 @@ template <typename T>
 AttentionLaunch attention_backward(
     const T* grad_out, const T* q, const T* k, const T* v, const T* out, const acc_type<T>* lse,
     acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
-    cudaStream_t stream);
+    bool allow_tf32, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace ganops

@@ -32,7 +32,7 @@ constexpr const char* kForwardOp = "ganops::attention_cpp";
 constexpr const char* kBackwardOp = "ganops::attention_backward_cpp";
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, bool allow_tf32) {
   const AttentionSizes n = check_attention_inputs(kForwardOp, q, k, v, scale);
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({n.batch, n.queries, n.v_dim}, q.options());
@@ -41,7 +41,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
     check_attention_launch(
         cuda_kernels::attention_forward(
             input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v), output_ptr<scalar_t>(out),
-            lse.mutable_data_ptr<cuda_acc_t<scalar_t>>(), shape_of(n), scale, at::cuda::getCurrentCUDAStream()),
+            lse.mutable_data_ptr<cuda_acc_t<scalar_t>>(), shape_of(n), scale, allow_tf32,
+            at::cuda::getCurrentCUDAStream()),
         kForwardOp, n);
   });
   return {out, lse};
@@ -49,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale) {
+    const at::Tensor& lse, double scale, bool allow_tf32) {
   const AttentionSizes n = check_attention_backward_inputs(kBackwardOp, grad_out, q, k, v, out, lse, scale);
   const c10::cuda::CUDAGuard guard(q.device());
   auto grad_q = at::empty_like(q);
@@ -62,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
             input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v),
             input_ptr<scalar_t>(out), lse.const_data_ptr<cuda_acc_t<scalar_t>>(),
             delta.mutable_data_ptr<cuda_acc_t<scalar_t>>(), output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k),
-            output_ptr<scalar_t>(grad_v), shape_of(n), scale, at::cuda::getCurrentCUDAStream()),
+            output_ptr<scalar_t>(grad_v), shape_of(n), scale, allow_tf32, at::cuda::getCurrentCUDAStream()),
         kBackwardOp, n);
   });
   return {grad_q, grad_k, grad_v};

@@ -132,8 +132,10 @@ def _triton_double_backward(
 @torch.library.custom_op("ganops::attention_double_backward_blockwise", mutates_args=())
 def _blockwise_double_backward(
     grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cpp chain's double backward: torch matmuls, which follow torch's float32 matmul setting whatever
+    ``allow_tf32`` (the chain's attribute, taken so that every op of the chain has the same ones) says."""
     _check_op_arguments(q, k, v, scale)
     results = reference.attention_double_backward(
         grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale
@@ -229,9 +231,10 @@ def attention(
         k: ``[..., Nk, Dqk]`` keys, same leading dims and dtype as ``q``.
         v: ``[..., Nk, Dv]`` values.
         scale: logit scale; ``None`` means ``1/sqrt(Dqk)`` like SDPA (SAGAN/BigGAN use ``1.0``).
-        allow_tf32: float32 dots of the Triton kernels on tf32 tensor cores (about 1e-3 relative error);
-            ``None`` follows torch's float32 matmul setting (``torch.backends.cuda.matmul.fp32_precision``, or
-            ``allow_tf32`` on a torch without it).
+        allow_tf32: float32 products on a GPU's tf32 tensor cores (about 1e-3 relative error): every Triton
+            kernel, and the CUDA kernels of ``cpp``'s forward and backward (its double backward's torch matmuls
+            follow torch's setting); ``None`` follows torch's float32 matmul setting
+            (``torch.backends.cuda.matmul.fp32_precision``, or ``allow_tf32`` on a torch without it).
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; ``None`` defers to
             :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
 
@@ -246,14 +249,14 @@ def attention(
     if chosen == "reference":
         return reference.attention(q, k, v, scale)
     q3, k3, v3 = _flatten_batch(q), _flatten_batch(k), _flatten_batch(v)
+    tf32 = _matmul_allows_tf32() if allow_tf32 is None else bool(allow_tf32)
     if chosen == "cpp":
         if not cpp_ops_available():
             raise RuntimeError(
                 "ganops.attention: backend 'cpp' is unavailable: the compiled extension ganops._C has no attention "
                 "kernels (rebuild it: python setup.py build_ext --inplace)"
             )
-        out, _ = torch.ops.ganops.attention_cpp(q3.contiguous(), k3.contiguous(), v3.contiguous(), scale)
+        out, _ = torch.ops.ganops.attention_cpp(q3.contiguous(), k3.contiguous(), v3.contiguous(), scale, tf32)
     else:
-        tf32 = _matmul_allows_tf32() if allow_tf32 is None else bool(allow_tf32)
         out, _ = torch.ops.ganops.attention_triton(q3, k3, v3, scale, tf32)
     return out.reshape(*q.shape[:-1], v.shape[-1])
