@@ -594,9 +594,11 @@ struct TileSource {
   int width, stride, chunk;
 };
 
+// The source of rows first_row.. of a [*, width] tensor; the chunk follows from the tensor's own alignment (a
+// kernel argument), which holds for every row when the chunk divides the row.
 template <typename E>
-__device__ TileSource<E> tile_source(const E* tensor, int width) {
-  return {tensor, width, static_cast<int>(tile_stride<E>(width)), chunk_bytes(tensor, width)};
+__device__ TileSource<E> tile_source(const E* tensor, int64_t first_row, int width) {
+  return {tensor + first_row * width, width, static_cast<int>(tile_stride<E>(width)), chunk_bytes(tensor, width)};
 }
 
 template <int Bytes, typename E>
@@ -724,9 +726,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(
   zero_padding(q_buffer, 3, qk_dim, qk_stride);
   zero_padding(v_buffers[0], 2, v_dim, v_stride);
 
-  const TileSource<E> q_source = tile_source(bits(q) + b * s.queries * qk_dim, qk_dim);
-  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
-  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
+  const TileSource<E> q_source = tile_source(bits(q), b * s.queries, qk_dim);
+  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
   fill_tile_async(q_buffer, q_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
   fill_tile_async(k_buffers[0], k_source, 0, cols);
@@ -845,10 +847,10 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(
   zero_padding(v_buffers[0], 3, v_dim, v_stride);
 
   const int64_t first = b * s.queries + row0;
-  const TileSource<E> q_source = tile_source(bits(q) + b * s.queries * qk_dim, qk_dim);
-  const TileSource<E> go_source = tile_source(bits(grad_out) + b * s.queries * v_dim, v_dim);
-  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
-  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
+  const TileSource<E> q_source = tile_source(bits(q), b * s.queries, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), b * s.queries, v_dim);
+  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
   fill_tile_async(q_buffer, q_source, row0, rows);
   fill_tile_async(go_buffer, go_source, row0, rows);
   int cols = static_cast<int>(min(int64_t(kTileCols), s.keys));
@@ -937,10 +939,10 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 
   const int64_t first = b * s.keys + row0;
   const int64_t q_first = b * s.queries;
-  const TileSource<E> k_source = tile_source(bits(k) + b * s.keys * qk_dim, qk_dim);
-  const TileSource<E> v_source = tile_source(bits(v) + b * s.keys * v_dim, v_dim);
-  const TileSource<E> q_source = tile_source(bits(q) + q_first * qk_dim, qk_dim);
-  const TileSource<E> go_source = tile_source(bits(grad_out) + q_first * v_dim, v_dim);
+  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
+  const TileSource<E> q_source = tile_source(bits(q), q_first, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), q_first, v_dim);
   fill_tile_async(k_buffer, k_source, row0, rows);
   fill_tile_async(v_buffer, v_source, row0, rows);
   // Query statistics are few (2 floats a query): plain loads into shared memory, visible after the barrier.
