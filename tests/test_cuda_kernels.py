@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ganops.reference import attention as reference
-from helpers import relative_error
+from helpers import relative_error, require_backend
 
 # Relative error against float64: fp16/bf16 round the MMA operands (q, k, v, P, dS) to 11 or 8 bits (TF32 to 11).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 4e-2}
@@ -169,15 +169,18 @@ def biggan_128_d_shapes() -> list[tuple[int, int]]:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("n_power_iterations", [0, 1, 3])
-def test_cuda_spectral_norm_group_work_list_matches_reference(dtype, n_power_iterations):
+def test_gpu_spectral_norm_group_matches_reference(backend, dtype, n_power_iterations):
     """A whole BigGAN-128 D group (23 layers from 1 x 1536 to 1536 x 13824) plus odd and transposed layers: the
-    work list spreads items of every layer over all blocks; each layer must match the float64 reference."""
+    CUDA work list, and the Triton launches with their per-program norm partials, spread every layer over all
+    blocks; each layer must match the float64 reference."""
     from ganops.ops.spectral_norm import fused_spectral_norm_group
     from ganops.reference import spectral_norm as sn_reference
 
     cuda_ops()
+    require_backend(backend, "cuda")
     shapes = biggan_128_d_shapes() + [(1, 1), (300, 1), (7, 33), (2049, 65)]
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=generator).to("cuda", dtype) for shape in shapes]
@@ -189,7 +192,7 @@ def test_cuda_spectral_norm_group_work_list_matches_reference(dtype, n_power_ite
     vs = [unit(w.shape[1]) for w in weights]
     grads = [torch.randn(w.shape, generator=generator).to("cuda", dtype) for w in weights]
     params = [w.detach().requires_grad_() for w in weights]
-    outputs = fused_spectral_norm_group(params, us, vs, n_power_iterations, 1e-12, backend="cpp")
+    outputs = fused_spectral_norm_group(params, us, vs, n_power_iterations, 1e-12, backend=backend)
     actual_grads = torch.autograd.grad(outputs[0], params, grads)
     tolerance = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}[dtype]
     for i, (w, u, v, g) in enumerate(zip(weights, us, vs, grads)):
