@@ -138,6 +138,18 @@ def _partials_sum(partial_ptr, first, count, BLOCK_P: tl.constexpr, COMPUTE_DTYP
 
 
 @triton.jit
+def _layer_program(meta_ptr, w_ptr, num_layers, FIRST_COLUMN: tl.constexpr, COLUMNS: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
+    """This program's index, its layer's forward-table row, and the layer's weight (pointer, strides) and shape;
+    the layer found in the table column of first programs ``FIRST_COLUMN``."""
+    pid = tl.program_id(0).to(tl.int64)
+    layer = _program_layer(meta_ptr + FIRST_COLUMN, COLUMNS, pid, num_layers, BLOCK_L)
+    row_meta = meta_ptr + layer * COLUMNS
+    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
+    return pid, row_meta, w, w_sr, w_sc, tl.load(row_meta + 3), tl.load(row_meta + 4)
+
+
+@triton.jit
 def _rows_kernel(
     meta_ptr, num_layers, w_ptr, v_ptr, u_ptr, work_ptr, row_scale_ptr, row_squares_ptr, column_scale_ptr,
     column_squares_ptr, eps_ptr,
@@ -149,12 +161,9 @@ def _rows_kernel(
     (``FIRST``), else ``s / max(||s||, eps)`` with ``s`` the last ``W^T u``. Writes the rows of ``t`` and, into
     ``row_*[pid]``, their partial of ``||t||``; in ``EVAL``, the partial of ``sigma = u . t`` (stored ``u``) into
     ``row_squares[pid]``."""
-    pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(meta_ptr + _FIRST_ROW_PROGRAM, COLUMNS, pid, num_layers, BLOCK_L)
-    row_meta = meta_ptr + layer * COLUMNS
-    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
-    rows = tl.load(row_meta + 3)
-    cols = tl.load(row_meta + 4)
+    pid, row_meta, w, w_sr, w_sc, rows, cols = _layer_program(
+        meta_ptr, w_ptr, num_layers, _FIRST_ROW_PROGRAM, COLUMNS, BLOCK_L
+    )
     work_t = work_ptr + tl.load(row_meta + 11)
     r = (pid - tl.load(row_meta + _FIRST_ROW_PROGRAM)) * BLOCK_R + tl.arange(0, BLOCK_R)
     if FIRST:
@@ -188,12 +197,9 @@ def _columns_kernel(
     """``s = W^T u`` over one block of ``BLOCK_C`` columns of one layer (all its rows), ``u = t / max(||t||, eps)``
     with ``t`` the last ``W v``. Writes the columns of ``s`` and, into ``column_*[pid]``, their partial of
     ``||s||``."""
-    pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(meta_ptr + _FIRST_COLUMN_PROGRAM, COLUMNS, pid, num_layers, BLOCK_L)
-    row_meta = meta_ptr + layer * COLUMNS
-    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
-    rows = tl.load(row_meta + 3)
-    cols = tl.load(row_meta + 4)
+    pid, row_meta, w, w_sr, w_sc, rows, cols = _layer_program(
+        meta_ptr, w_ptr, num_layers, _FIRST_COLUMN_PROGRAM, COLUMNS, BLOCK_L
+    )
     work_t = work_ptr + tl.load(row_meta + 11)
     work_s = work_ptr + tl.load(row_meta + 12)
     t_norm = _partials_norm(row_scale_ptr, row_squares_ptr, tl.load(row_meta + _FIRST_ROW_PROGRAM),
@@ -220,12 +226,9 @@ def _finish_kernel(
     """``W_sn = W / sigma`` over one ``[BLOCK_R, BLOCK_C]`` tile of one layer; the layer's first tile row writes
     ``v``, its first tile column ``u``, its first tile ``sigma``. In ``EVAL`` ``sigma`` is the sum of the rows'
     partials of ``u . (W v)`` and ``u``, ``v`` are the stored ones."""
-    pid = tl.program_id(0).to(tl.int64)
-    layer = _program_layer(meta_ptr + _FIRST_TILE, COLUMNS, pid, num_layers, BLOCK_L)
-    row_meta = meta_ptr + layer * COLUMNS
-    w, w_sr, w_sc = _strided_matrix(row_meta, w_ptr, 0)
-    rows = tl.load(row_meta + 3)
-    cols = tl.load(row_meta + 4)
+    pid, row_meta, w, w_sr, w_sc, rows, cols = _layer_program(
+        meta_ptr, w_ptr, num_layers, _FIRST_TILE, COLUMNS, BLOCK_L
+    )
     eps = tl.load(eps_ptr)
     tile = pid - tl.load(row_meta + _FIRST_TILE)
     r, c = _layer_tile(tile, cols, BLOCK_R, BLOCK_C)
