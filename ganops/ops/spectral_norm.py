@@ -5,7 +5,8 @@ Two ops per backend, each with its backward op:
 
 * ``spectral_norm_<backend>(weight_mat, u, v, n_power_iterations, eps) -> (W_sn, u, v, sigma)``, one layer;
 * ``spectral_norm_group_<backend>(weight_mats, us, vs, n_power_iterations, eps) -> (W_sns, us, vs, sigmas)``,
-  a list of layers of one dtype and device in one launch per direction (Triton, CUDA).
+  a list of layers of one dtype and device in one op call per direction, whatever the number of layers: a few
+  kernel launches over all layers (Triton and CUDA: 2 n + 1 forward, 2 backward).
 
 ``n_power_iterations = 0`` is eval mode: ``u`` and ``v`` are returned unchanged and ``sigma = u^T W v``.
 Only ``W_sn`` is differentiable (``u``, ``v``, ``sigma`` are marked non-differentiable: torch treats the
@@ -269,7 +270,8 @@ def fused_spectral_norm_group(
     *,
     backend: str | None = None,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-    """:func:`fused_spectral_norm` for many layers, one kernel launch per (dtype, device) and direction."""
+    """:func:`fused_spectral_norm` for many layers: one grouped op call per (dtype, device) and direction, whose
+    kernels cover all its layers in a few launches."""
     check_group_arguments(weight_mats, us, vs, n_power_iterations, eps)
     results: list = [None] * len(weight_mats)
     buckets: dict[tuple, list[int]] = {}
