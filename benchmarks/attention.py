@@ -24,6 +24,7 @@ from benchmarks.harness import (
     forward_backward,
     forward_only,
     ganops_implementations,
+    tf32_matmuls,
 )
 from ganops.ops.attention import attention
 
@@ -57,16 +58,11 @@ def _with_backend(backend: str):
 
 
 def _under_tf32(run):
-    """``run`` with torch's float32 matmuls on TF32 (torch.backends.cuda.matmul.allow_tf32), the setting the
-    ganops calls follow by default, restored after."""
+    """``run`` with torch's float32 matmuls on TF32, the setting the ganops calls follow by default."""
 
     def wrapped(*arguments):
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
+        with tf32_matmuls(True):
             return run(*arguments)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
 
     return wrapped
 

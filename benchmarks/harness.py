@@ -18,7 +18,8 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def double_backward(forward: Callable, num_inputs: int) -> Callable:
         return torch.autograd.grad(grads, (*inputs, grad_out), cotangents)
 
     return run
+
+
+@contextmanager
+def tf32_matmuls(allowed: bool) -> Iterator[None]:
+    """torch's float32 matmuls on TF32 or not (``torch.backends.cuda.matmul.allow_tf32``) inside, restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def dtype_name(dtype: torch.dtype) -> str:

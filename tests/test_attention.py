@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from benchmarks.harness import tf32_matmuls
 from ganops.nn import SelfAttention2d
 from ganops.ops.attention import attention, cpp_ops_available
 from ganops.reference import attention as reference
@@ -271,12 +272,8 @@ def test_float32_without_tf32_is_exact():
     require_attention_backend("triton")
     q, k, v = random_inputs(((2,), 20, 18, 12, 48), torch.float32)
     expected = reference.attention(q.double(), k.double(), v.double(), 1.0)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with tf32_matmuls(False):
         assert_close(attention(q, k, v, 1.0, backend="triton").double(), expected, torch.float32)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
     assert_close(attention(q, k, v, 1.0, allow_tf32=False, backend="triton").double(), expected, torch.float32)
 
 

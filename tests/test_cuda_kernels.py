@@ -5,11 +5,10 @@ and spans that start off a 16-byte boundary (odd head dims). Skipped without a G
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
+from benchmarks.harness import tf32_matmuls
 from ganops.reference import attention as reference
 from helpers import relative_error, require_backend
 
@@ -46,17 +45,6 @@ def inputs(shape, dtype, seed=0):
         torch.randn(batch, n_q, d_v, generator=generator),
     ]
     return [t.to("cuda", dtype) for t in tensors]
-
-
-@contextlib.contextmanager
-def tf32_matmuls(allowed: bool):
-    """torch.backends.cuda.matmul.allow_tf32 set to ``allowed`` inside, restored after."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def attention_errors(ops, shape, dtype, allow_tf32=False) -> dict[str, float]:

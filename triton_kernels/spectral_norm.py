@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (
-    Launch, check_grid, run_launches, scalar_tensor, scaled_squares_add, triton_compute_dtype,
+    Launch, check_grid, run_launches, scalar_tensor, scaled_norm, scaled_squares_add, triton_compute_dtype,
 )
 
 # Tiles of the column sums (W^T u), of W / sigma and of the backward.
@@ -114,7 +114,7 @@ def _partials_norm(scale_ptr, squares_ptr, first, count, BLOCK_P: tl.constexpr, 
         index = p0 + tl.arange(0, BLOCK_P)
         ratio = tl.load(scale_ptr + first + index, mask=index < count, other=0.0) / divisor
         total += tl.load(squares_ptr + first + index, mask=index < count, other=0.0) * (ratio * ratio)
-    return tl.where(largest == float("inf"), largest, largest * tl.sqrt(tl.sum(total, axis=0)))
+    return scaled_norm(largest, total)
 
 
 @triton.jit
@@ -159,8 +159,8 @@ def _rows_kernel(
 ):
     """``t = W x`` over one block of ``BLOCK_R`` rows of one layer: ``x`` the stored ``v`` in the first iteration
     (``FIRST``), else ``s / max(||s||, eps)`` with ``s`` the last ``W^T u``. Writes the rows of ``t`` and, into
-    ``row_*[pid]``, their partial of ``||t||``; in ``EVAL``, the partial of ``sigma = u . t`` (stored ``u``) into
-    ``row_squares[pid]``."""
+    ``row_*[pid]``, their partial of ``||t||``; in ``EVAL``, only the partial of ``sigma = u . t`` (stored ``u``),
+    into ``row_squares[pid]``."""
     pid, row_meta, w, w_sr, w_sc, rows, cols = _layer_program(
         meta_ptr, w_ptr, num_layers, _FIRST_ROW_PROGRAM, COLUMNS, BLOCK_L
     )
@@ -179,11 +179,11 @@ def _rows_kernel(
         c = c0 + tl.arange(0, BLOCK_C)
         x = tl.load(x_ptr + c, mask=c < cols, other=0.0).to(COMPUTE_DTYPE) / x_norm
         acc += tl.sum(_tile(w, w_sr, w_sc, r, c, rows, cols, COMPUTE_DTYPE) * x[None, :], axis=1)
-    tl.store(work_t + r, acc, mask=r < rows)
     if EVAL:
         u = tl.load(u_ptr + tl.load(row_meta + 5) + r, mask=r < rows, other=0.0).to(COMPUTE_DTYPE)
         tl.store(row_squares_ptr + pid + tl.arange(0, 1), tl.sum(acc * u, axis=0) + tl.zeros([1], dtype=COMPUTE_DTYPE))
     else:
+        tl.store(work_t + r, acc, mask=r < rows)
         _store_norm_partial(row_scale_ptr, row_squares_ptr, pid, acc, COMPUTE_DTYPE)
 
 
@@ -397,11 +397,11 @@ def forward_plan(
             dict(BLOCK_R=ROWS_BLOCK_R, BLOCK_C=ROWS_BLOCK_C, COLUMNS_BLOCK_C=BLOCK_C,
                  BLOCK_P=_block_p(column_programs), FIRST=first, EVAL=evaluating, **common),
             # W once; each program reads its layer's x (and, after the first iteration, the column partials);
-            # t and the row partials written.
+            # t (in eval: u read instead) and the row partials written.
             bytes_moved=elements * w_size
             + sum(p * (w.shape[1] * x_size + (0 if first else 2 * c * work_size))
                   for p, c, w in zip(row_programs, column_programs, weights))
-            + sum(w.shape[0] for w in weights) * work_size * (2 if evaluating else 1) + 2 * total_rows * work_size,
+            + sum(w.shape[0] for w in weights) * work_size + 2 * total_rows * work_size,
             label=f"BR={ROWS_BLOCK_R} BC={ROWS_BLOCK_C} first={first}",
         ))
         if evaluating:

@@ -181,9 +181,9 @@ class SpectralNormGroup:
     A forward pre-hook on ``model`` runs one grouped op per (dtype, device, iterations, eps) over all layers
     whose only parametrization is ganops's spectral norm, updates their ``_u``/``_v`` (training mode) and
     hands each layer its ``W / sigma``; the grouped op's backward computes every layer's gradient in one call
-    too (two kernel launches on the GPU backends). A forward hook drops results a layer did not use, also when the forward raises
-    (``always_call=True``): a precomputed weight never outlives the forward it was made for. Train/eval mode is
-    read per layer.
+    too (two kernel launches on the GPU backends). A forward hook drops results a layer did not use, also when
+    the forward raises (``always_call=True``): a precomputed weight never outlives the forward it was made for.
+    Train/eval mode is read per layer.
     Every layer is updated once per forward of ``model``, whether or not the forward uses it.
 
     >>> group = ganops.SpectralNormGroup(discriminator)
