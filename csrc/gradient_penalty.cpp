@@ -5,8 +5,12 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(ganops, m) {
-  m.def("gradient_penalty_cpp(Tensor grad, float center, bool one_sided) -> Tensor");
-  m.def("gradient_penalty_backward_cpp(Tensor grad_out, Tensor grad, float center, bool one_sided) -> Tensor");
+  // The forward also returns the per-sample norms (float64 [N]) that the backward takes, so the backward reads grad
+  // once.
+  m.def("gradient_penalty_cpp(Tensor grad, float center, bool one_sided) -> (Tensor, Tensor)");
+  m.def(
+      "gradient_penalty_backward_cpp(Tensor grad_out, Tensor grad, Tensor norms, float center, bool one_sided) -> "
+      "Tensor");
   m.def(
       "gradient_penalty_double_backward_cpp(Tensor grad_grad_grad, Tensor grad_out, Tensor grad, float center, "
       "bool one_sided) -> (Tensor, Tensor)");

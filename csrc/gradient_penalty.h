@@ -60,8 +60,8 @@ inline void check_center(const char* op, double center) {
   TORCH_CHECK(center >= 0 && center < std::numeric_limits<double>::infinity(), op, ": center must be a finite float >= 0, got ", center);
 }
 
-// The checks of each registered penalty op, as check_penalty_arguments in ganops/ops/gradient_penalty.py plus
-// the incoming gradients of the backward ops.
+// The checks of each registered penalty op, as check_penalty_arguments and check_penalty_backward_arguments in
+// ganops/ops/gradient_penalty.py plus the incoming gradients of the backward ops.
 inline void check_penalty_inputs(const char* op, const at::Tensor& grad, double center) {
   check_batch_tensor(op, "grad", grad);
   check_center(op, center);
@@ -70,6 +70,17 @@ inline void check_penalty_inputs(const char* op, const at::Tensor& grad, double 
 inline void check_penalty_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& grad, double center) {
   check_penalty_inputs(op, grad, center);
   check_grad_out(op, grad_out, grad);
+}
+
+// norms of the backward: the forward's second output, float64 [N] on grad's device.
+inline void check_norms(const char* op, const at::Tensor& norms, const at::Tensor& grad) {
+  TORCH_CHECK(
+      norms.scalar_type() == at::kDouble && norms.dim() == 1 && norms.size(0) == grad.size(0), op,
+      ": norms must be the forward's per-sample norms, float64 of shape [N] = [", grad.size(0), "], got ",
+      norms.scalar_type(), " of shape ", norms.sizes());
+  TORCH_CHECK(
+      norms.device() == grad.device(), op, ": norms must be on the device of grad (", grad.device(), "), got ",
+      norms.device());
 }
 
 inline void check_penalty_double_backward_inputs(

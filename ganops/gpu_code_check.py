@@ -285,7 +285,8 @@ def _gradient_penalty_cases() -> Iterator[Case]:
             if direction == "forward":
                 return kernels.forward_plan(g, 1.0, one_sided, **kwargs)[1]
             if direction == "backward":
-                return kernels.backward_plan(grad_out, g, 1.0, one_sided, **kwargs)[1]
+                norms = torch.empty(shape[0], dtype=torch.float64, device="meta")
+                return kernels.backward_plan(grad_out, g, norms, 1.0, one_sided, **kwargs)[1]
             if direction == "double backward":
                 return kernels.double_backward_plan(g, grad_out, g, 1.0, one_sided, **kwargs)[1]
             eps = torch.empty(shape[0], dtype=dtype, device="meta")

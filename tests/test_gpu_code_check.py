@@ -132,7 +132,7 @@ def _all_launches():
     kwargs = _layout_kwargs(torch.float32)
     scalar = torch.empty((), device="meta")
     yield from gradient_penalty_kernels.forward_plan(g, 1.0, False, **kwargs)[1]
-    yield from gradient_penalty_kernels.backward_plan(scalar, g, 1.0, False, **kwargs)[1]
+    yield from gradient_penalty_kernels.backward_plan(scalar, g, _meta(2, dtype=torch.float64), 1.0, False, **kwargs)[1]
     yield from gradient_penalty_kernels.double_backward_plan(g, scalar, g, 1.0, False, **kwargs)[1]
     yield from gradient_penalty_kernels.interpolate_plan(g, g, _meta(2), **kwargs)[1]
     x = _meta(4, 2, 8192, 16384)

@@ -138,6 +138,57 @@ def test_kernels_match_reference(backend, shape, dtype, layout, setting, magnitu
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @given(
+    shape=st.tuples(st.integers(2, 5), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5)),
+    dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS), setting=st.sampled_from(SETTINGS),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=10)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf / inf in the interpreter's numpy
+def test_forward_returns_the_norms_its_backward_takes(backend, shape, dtype, layout, setting, seed):
+    """The forward op's second output is ``||g_n||`` in float64 (NaN for a sample with an infinite element), and the
+    backward op scales ``g`` by the norms it is given: it does not read ``g`` a second time to recompute them."""
+    require_backend(backend)
+    ops = torch.ops.ganops
+    generator = torch.Generator().manual_seed(seed)
+    grad = in_layout(torch.randn(shape, generator=generator).to(dtype), layout)
+    grad[-1, 0, 0, 0] = float("inf")
+    value, norms = getattr(ops, f"gradient_penalty_{backend}").default(grad, *setting)
+    assert norms.dtype == torch.float64 and norms.shape == (shape[0],)
+    assert norms[-1].isnan() and value.isnan()
+    finite = grad[:-1]
+    norm_tolerance = 1e-12 if dtype == torch.float64 else 1e-6  # summed in float32 at least
+    assert relative_error(norms[:-1], reference.per_sample_norm(finite)) <= norm_tolerance
+
+    # Any positive norms given to the backward are the ones it uses: go * (2 / N) (1 - c / s_n) g_n (two-sided) or
+    # 0 where s_n <= c (one-sided).
+    center, one_sided = setting
+    given_norms = torch.rand(shape[0] - 1, generator=generator, dtype=torch.float64) * 3 + 0.1
+    grad_out = torch.tensor(0.75, dtype=dtype)
+    got = getattr(ops, f"gradient_penalty_backward_{backend}").default(grad_out, finite, given_norms, *setting)
+    k = 2.0 / finite.shape[0] * (1.0 - center / given_norms)
+    if one_sided:
+        k = torch.where(given_norms > center, k, 0.0)
+    want = grad_out.double() * per_sample(k, finite) * finite.double()
+    assert got.dtype == dtype
+    assert relative_error(got.double(), want) <= TOLERANCE[dtype]
+
+
+def test_triton_backward_is_one_pass_over_grad():
+    """The Triton backward is a single launch (no partial sums of g^2): g read once, grad_g written once."""
+    from ganops.triton_kernels import gradient_penalty as kernels
+
+    g = torch.empty(64, 3, 64, 64, device="meta")
+    norms = torch.empty(64, dtype=torch.float64, device="meta")
+    _, launches = kernels.backward_plan(
+        torch.empty((), device="meta"), g, norms, 1.0, False,
+        compute_dtype=torch.float32, memory_format=torch.contiguous_format,
+    )
+    assert [launch.name for launch in launches] == ["_backward_kernel"]
+    assert launches[0].bytes_moved <= 1.01 * 2 * g.numel() * g.element_size()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@given(
     shape=gradient_shapes(), dtype=st.sampled_from(DTYPES), setting=st.sampled_from(SETTINGS),
     seed=st.integers(0, 2**16),
 )
@@ -246,7 +297,10 @@ def test_opcheck(backend, layout):
     ops = torch.ops.ganops
     for one_sided in (False, True):
         torch.library.opcheck(getattr(ops, f"gradient_penalty_{backend}").default, (grad, 1.0, one_sided))
-        torch.library.opcheck(getattr(ops, f"gradient_penalty_backward_{backend}").default, (grad_out, grad, 1.0, one_sided))
+        norms = reference.per_sample_norm(grad.detach())
+        torch.library.opcheck(
+            getattr(ops, f"gradient_penalty_backward_{backend}").default, (grad_out, grad, norms, 1.0, one_sided)
+        )
         torch.library.opcheck(
             getattr(ops, f"gradient_penalty_double_backward_{backend}").default, (gg, grad_out, grad, 1.0, one_sided)
         )
@@ -298,7 +352,7 @@ def test_cpp_kernels_check_their_inputs_too():
     require_backend("cpp")
     ops = torch.ops.ganops
     with pytest.raises(RuntimeError, match="0-dim grad_out"):
-        ops.gradient_penalty_backward_cpp(torch.randn(2), torch.randn(2, 3), 1.0, False)
+        ops.gradient_penalty_backward_cpp(torch.randn(2), torch.randn(2, 3), torch.ones(2, dtype=torch.float64), 1.0, False)
     with pytest.raises(RuntimeError, match="center must be a finite float >= 0"):
         ops.gradient_penalty_cpp(torch.randn(2, 3), -1.0, False)
     with pytest.raises(RuntimeError, match="grad_grad_grad of shape"):

@@ -7,8 +7,10 @@ output: contiguous, or channels_last for channels_last 4-d inputs). The per-samp
 slice of a row into a partial buffer, so that a small batch with large samples still fills the GPU. Later
 kernels add the ``splits`` partials of their row in a fixed order, so results are deterministic, in chunks of
 at most ``_SPLIT_CHUNK`` (a ``[BLOCK_N, next_pow2(splits)]`` tile, up to ``[128, 2048]``, spilled). The scalar
-outputs are reduced over ``N`` in a fixed order by a single program: the penalty by a launch of its own, the
-gradient of ``go`` by program 0 of the double backward's grid (every direction is two launches). Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
+outputs are reduced over ``N`` in a fixed order by a single program: the penalty by a launch of its own (which
+also writes the per-sample norms, float64, for the backward), the gradient of ``go`` by program 0 of the double
+backward's grid. The forward and the double backward are two launches, the backward one: it takes the forward's
+norms, so it reads ``g`` once. Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
 65535 blocks, which ``cdiv(D, BLOCK_D)`` exceeds above ~67M elements per sample.
 """
 
@@ -137,7 +139,7 @@ def _times_k(x, norm, center, two_over_n, ONE_SIDED: tl.constexpr):
 
 @triton.jit
 def _penalty_value_kernel(
-    scale_ptr, squared_ptr, out_ptr, N, splits, center_high, center_low,
+    scale_ptr, squared_ptr, out_ptr, norms_ptr, N, splits, center_high, center_low,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     center = _join(center_high, center_low, COMPUTE_DTYPE)
@@ -145,6 +147,7 @@ def _penalty_value_kernel(
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         norm = _row_norm(scale_ptr, squared_ptr, tl.where(rows < N, rows, 0), splits, BLOCK_S)
+        tl.store(norms_ptr + rows, norm.to(tl.float64), mask=rows < N)
         distance = norm - center
         if ONE_SIDED:
             distance = tl.where(distance < 0.0, 0.0, distance)  # NaN stays NaN
@@ -155,12 +158,12 @@ def _penalty_value_kernel(
 
 @triton.jit
 def _backward_kernel(
-    grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, scale_ptr, squared_ptr, D, splits,
+    grad_out_ptr, g_ptr, g_sn, g_sd, out_ptr, out_sn, out_sd, norms_ptr, D,
     center_high, center_low, two_over_n_high, two_over_n_low,
-    tiles, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    tiles, BLOCK_D: tl.constexpr, ONE_SIDED: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     n = (tl.program_id(0) // tiles).to(tl.int64)
-    norm = tl.sum(_row_norm(scale_ptr, squared_ptr, n + tl.zeros([1], dtype=tl.int64), splits, BLOCK_S), axis=0)
+    norm = tl.load(norms_ptr + n).to(COMPUTE_DTYPE)
     center = _join(center_high, center_low, COMPUTE_DTYPE)
     two_over_n = _join(two_over_n_high, two_over_n_low, COMPUTE_DTYPE)
     d = (tl.program_id(0) % tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -285,60 +288,62 @@ def _partial_sums_plan(
 
 def forward_plan(
     grad: Tensor, center: float, one_sided: bool, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
-) -> tuple[Tensor, list[Launch]]:
-    """The output of ``forward`` and its launches (partial sums, then one program for the batch mean)."""
+) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
+    """The outputs of ``forward`` and its launches (partial sums, then one program for the batch mean and the
+    norms)."""
     rows = _sample_rows(grad, memory_format == torch.channels_last)
     scale, squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     out = torch.empty((), dtype=grad.dtype, device=grad.device)
+    norms = torch.empty(rows.shape[0], dtype=torch.float64, device=grad.device)
     value = Launch(
         _penalty_value_kernel, (1,),
-        (scale, squared, out, rows.shape[0], splits, *_halves(center)),
+        (scale, squared, out, norms, rows.shape[0], splits, *_halves(center)),
         dict(BLOCK_N=_BLOCK_N, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided, num_warps=_REDUCTION_WARPS,
              COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
-        bytes_moved=2 * squared.numel() * squared.element_size(),
+        bytes_moved=2 * squared.numel() * squared.element_size() + norms.numel() * norms.element_size(),
         label=f"BN={_BLOCK_N} BS={_block_s(splits)}",
     )
-    return out, [partial_sums, value]
+    return (out, norms), [partial_sums, value]
 
 
 def forward(
     grad: Tensor, center: float, one_sided: bool, *, compute_dtype: torch.dtype, memory_format: torch.memory_format
-) -> Tensor:
-    """``mean_n h(||g_n||)``; rows read in ``memory_format`` (that of ``grad``), sums in ``compute_dtype``."""
-    out, launches = forward_plan(grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format)
+) -> tuple[Tensor, Tensor]:
+    """``mean_n h(||g_n||)`` and the norms ``||g_n||`` (float64 ``[N]``, NaN for a non-finite sample); rows read
+    in ``memory_format`` (that of ``grad``), sums in ``compute_dtype``."""
+    outputs, launches = forward_plan(grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format)
     run_launches(launches)
-    return out
+    return outputs
 
 
 def backward_plan(
-    grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    grad_out: Tensor, grad: Tensor, norms: Tensor, center: float, one_sided: bool,
     *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
 ) -> tuple[Tensor, list[Launch]]:
     channels_last = memory_format == torch.channels_last
     rows = _sample_rows(grad, channels_last)
     out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
-    scale, squared, _, splits, partial_sums = _partial_sums_plan(rows, None, compute_dtype)
     n, d = rows.shape
     tiles = triton.cdiv(d, _BLOCK_D)
     scaled_gradient = Launch(
         _backward_kernel, check_grid((n * tiles,)),
-        (grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), scale, squared, d, splits,
+        (grad_out, rows, *rows.stride(), out_rows, *out_rows.stride(), norms, d,
          *_halves(center), *_halves(2.0 / n), tiles),
-        dict(BLOCK_D=_BLOCK_D, BLOCK_S=_block_s(splits), ONE_SIDED=one_sided,
-             COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
-        bytes_moved=2 * rows.numel() * rows.element_size() + 2 * n * tiles * splits * squared.element_size(),
-        label=f"BD={_BLOCK_D} BS={_block_s(splits)}",
+        dict(BLOCK_D=_BLOCK_D, ONE_SIDED=one_sided, COMPUTE_DTYPE=triton_compute_dtype(compute_dtype)),
+        bytes_moved=2 * rows.numel() * rows.element_size() + n * tiles * norms.element_size(),
+        label=f"BD={_BLOCK_D}",
     )
-    return out, [partial_sums, scaled_gradient]
+    return out, [scaled_gradient]
 
 
 def backward(
-    grad_out: Tensor, grad: Tensor, center: float, one_sided: bool,
+    grad_out: Tensor, grad: Tensor, norms: Tensor, center: float, one_sided: bool,
     *, compute_dtype: torch.dtype, memory_format: torch.memory_format,
 ) -> Tensor:
+    """``go * k_n * g_n`` with ``s_n`` from ``norms``, the forward's second output."""
     out, launches = backward_plan(
-        grad_out, grad, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format
+        grad_out, grad, norms, center, one_sided, compute_dtype=compute_dtype, memory_format=memory_format
     )
     run_launches(launches)
     return out

@@ -105,6 +105,11 @@ void row_sums(
   }
 }
 
+// s_n from q_n; NaN for a sample with a non-finite element.
+inline wide_sum_t norm_of(wide_sum_t squared) {
+  return std::sqrt(nan_unless_finite(squared));
+}
+
 // k_n, (2 / N) c / s_n and 1 / s_n of the reference docstring (m_n d_n g_n is applied as
 // ((2 / N) c / s_n) <u_n, gg_n> u_n with u_n = g_n / s_n, in range for tiny and huge s_n).
 template <typename acc_t>
@@ -113,8 +118,7 @@ struct Coefficients {
 };
 
 template <typename acc_t>
-Coefficients<acc_t> coefficients(acc_t squared, acc_t center, bool one_sided, int64_t N) {
-  const acc_t norm = std::sqrt(nan_unless_finite(squared));
+Coefficients<acc_t> coefficients(acc_t norm, acc_t center, bool one_sided, int64_t N) {
   const acc_t inverse = norm == 0 ? acc_t(0) : acc_t(1) / norm;
   const acc_t two_over_n = acc_t(2) / static_cast<acc_t>(N);
   if (one_sided && norm <= center) {  // false for NaN: a NaN sample stays NaN
@@ -144,27 +148,33 @@ acc_t penalty_of(acc_t squared, acc_t center, bool one_sided) {
   return distance * distance;
 }
 
-at::Tensor gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_sided) {
+std::tuple<at::Tensor, at::Tensor> gradient_penalty_cpu(const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_cpp";
   check_penalty_inputs(op, grad, center);
   const at::Tensor rows = sample_rows(grad, is_channels_last(grad));
   const int64_t N = rows.size(0), D = rows.size(1);
   at::Tensor out = at::empty({}, grad.options());
+  at::Tensor norms = at::empty({N}, grad.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_cpu", [&] {
     std::vector<wide_sum_t> squared, unused;
     row_sums<scalar_t>(rows.const_data_ptr<scalar_t>(), nullptr, N, D, squared, unused);
+    double* norm_values = norms.mutable_data_ptr<double>();
     wide_sum_t total = 0;
     for (int64_t n = 0; n < N; ++n) {
       total += penalty_of<wide_sum_t>(squared[n], center, one_sided);
+      norm_values[n] = norm_of(squared[n]);
     }
     out.fill_(in_range_of<scalar_t>(total / static_cast<wide_sum_t>(N)));
   });
-  return out;
+  return {out, norms};
 }
 
-at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
+at::Tensor gradient_penalty_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& norms, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_backward_cpp";
   check_penalty_backward_inputs(op, grad_out, grad, center);
+  check_norms(op, norms, grad);
+  const at::Tensor norm_values = norms.contiguous();
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);
   at::Tensor out = empty_in_layout_of(grad);
@@ -174,12 +184,11 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad_out, const at::T
     using acc_t = acc_type<scalar_t>;
     const scalar_t* g = rows.const_data_ptr<scalar_t>();
     scalar_t* result = out_rows.mutable_data_ptr<scalar_t>();
-    std::vector<wide_sum_t> squared, unused;
-    row_sums<scalar_t>(g, nullptr, N, D, squared, unused);
+    const double* norm = norm_values.const_data_ptr<double>();
     const acc_t go = grad_out.item().to<acc_t>();
     parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
       // k_n (about c / s_n) leaves float32's range for a subnormal g_n while k_n g_n does not: multiplied wide.
-      const wide_sum_t scale = static_cast<wide_sum_t>(go) * coefficients<wide_sum_t>(squared[n], center, one_sided, N).k;
+      const wide_sum_t scale = static_cast<wide_sum_t>(go) * coefficients<wide_sum_t>(norm[n], center, one_sided, N).k;
       for (int64_t i = n * D + begin; i < n * D + end; ++i) {
         result[i] = static_cast<scalar_t>(scale * static_cast<wide_sum_t>(g[i]));
       }
@@ -210,11 +219,11 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_double_backward_cpu(
         const acc_t go = grad_out.item().to<acc_t>();
         wide_sum_t total = 0;
         for (int64_t n = 0; n < N; ++n) {
-          total += coefficients<wide_sum_t>(squared[n], center, one_sided, N).k * dot[n];
+          total += coefficients<wide_sum_t>(norm_of(squared[n]), center, one_sided, N).k * dot[n];
         }
         grad_grad_out.fill_(in_range_of<scalar_t>(total));
         parallel_over_blocks(N, D, [&](int64_t n, int64_t begin, int64_t end) {
-          const auto c = coefficients<wide_sum_t>(squared[n], center, one_sided, N);
+          const auto c = coefficients<wide_sum_t>(norm_of(squared[n]), center, one_sided, N);
           // As in the backward, k_n and 1 / s_n may leave float32's range where the products do not.
           const wide_sum_t along_gg = static_cast<wide_sum_t>(go) * c.k;
           const wide_sum_t along_unit = static_cast<wide_sum_t>(go) * c.curvature * (dot[n] * c.inverse);

@@ -1,13 +1,15 @@
 // CUDA kernels of the fused gradient penalty and the interpolation; math and notation of
 // ganops/reference/gradient_penalty.py.
 //
-// Every direction is two launches over the same (row n, slice s) blocks: rows are cut into slices so that a small
-// batch of large samples still fills the GPU (about kTargetBlocks blocks where the rows are long enough).
+// The kernels run over (row n, slice s) blocks: rows are cut into slices so that a small batch of large samples
+// still fills the GPU (about kTargetBlocks blocks where the rows are long enough).
 // 1. partial_sums_kernel: each block sums g^2 (and g * gg) over its slice into one partial per block.
-// 2. The forward's penalty_value_kernel (one block) adds each row's partials in slice order and reduces h(s_n)
-//    over the batch. The backward passes' scale_rows_kernel: each block adds its row's partials, computes k_n
-//    (and m_n d_n) itself and writes grad_g over its slice; block 0 of the double backward also reduces
-//    sum_n k_n d_n into grad_grad_out. (One launch fewer per pass than a separate coefficients kernel.)
+// 2. The forward's penalty_value_kernel (one block) adds each row's partials in slice order, writes s_n (the
+//    norms the backward takes) and reduces h(s_n) over the batch. scale_rows_kernel: each block finds its row's
+//    k_n (and m_n d_n) itself, from the forward's s_n in the backward (which is this one launch: g is read once)
+//    or from its row's partials in the double backward, and writes grad_g over its slice; block 0 of the double
+//    backward also reduces sum_n k_n d_n into grad_grad_out. (One launch fewer per pass than a separate
+//    coefficients kernel.)
 // Rows whose start is 16-byte aligned and whose length is a multiple of the pack width are read and written in
 // 16-byte packs (8 halves, 4 floats, 2 doubles); slices start at multiples of 8 elements, so a slice of such a row
 // is aligned too. The slicing depends on (N, D) only, so the order of every sum is fixed (deterministic results).
@@ -115,10 +117,13 @@ __device__ __forceinline__ wide_sum_t row_total(const wide_sum_t* partial, int64
   return total;
 }
 
+// s_n from q_n; NaN for a sample with a non-finite element.
+__device__ __forceinline__ wide_sum_t norm_of(wide_sum_t squared) {
+  return sqrt(nan_unless_finite(squared));
+}
+
 template <typename acc_t>
-__device__ __forceinline__ void coefficients(
-    acc_t squared, acc_t center, bool one_sided, int64_t N, acc_t& k, acc_t& m) {
-  const acc_t norm = sqrt(nan_unless_finite(squared));
+__device__ __forceinline__ void coefficients(acc_t norm, acc_t center, bool one_sided, int64_t N, acc_t& k, acc_t& m) {
   const acc_t inverse = norm == acc_t(0) ? acc_t(0) : acc_t(1) / norm;
   const acc_t two_over_n = acc_t(2) / static_cast<acc_t>(N);
   if (one_sided && norm <= center) {  // false for NaN: a NaN sample stays NaN
@@ -129,16 +134,17 @@ __device__ __forceinline__ void coefficients(
   m = two_over_n * center * inverse * inverse * inverse;
 }
 
-// out = mean_n h(s_n); one block.
+// out = mean_n h(s_n) and norms[n] = s_n; one block.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) penalty_value_kernel(
     const wide_sum_t* __restrict__ partial_squared, int64_t N, int64_t splits, double center, bool one_sided,
-    T* __restrict__ out) {
+    T* __restrict__ out, double* __restrict__ norms) {
   using acc_t = acc_type<T>;
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     const wide_sum_t squared = nan_unless_finite(row_total(partial_squared, n, splits));
-    wide_sum_t distance = sqrt(squared) - center;
+    norms[n] = sqrt(squared);
+    wide_sum_t distance = norms[n] - center;
     if (one_sided && distance < 0) {  // NaN stays NaN
       distance = 0;
     }
@@ -169,7 +175,7 @@ __device__ __noinline__ void write_weighted_dot_total(
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     wide_sum_t k, m;
-    coefficients(row_total(partial_squared, n, splits), wide_sum_t(center), one_sided, N, k, m);
+    coefficients(norm_of(row_total(partial_squared, n, splits)), wide_sum_t(center), one_sided, N, k, m);
     total += k * row_total(partial_dot, n, splits);
   }
   total = block_sum<kThreads>(total);
@@ -178,23 +184,25 @@ __device__ __noinline__ void write_weighted_dot_total(
   }
 }
 
-// Row n's k_n and m_n d_n (0 without partial_dot), computed by the whole block and returned to every thread.
+// Row n's k_n and m_n d_n (0 without partial_dot), computed by the whole block and returned to every thread; s_n
+// from norms where given (the backward), else from the row's partials.
 __device__ __noinline__ void block_row_coefficients(
-    const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t n,
-    int64_t N, int64_t splits, double center, bool one_sided, wide_sum_t* k, wide_sum_t* along_g) {
-  const wide_sum_t squared = block_row_total(partial_squared, n, splits);
+    const double* __restrict__ norms, const wide_sum_t* __restrict__ partial_squared,
+    const wide_sum_t* __restrict__ partial_dot, int64_t n, int64_t N, int64_t splits, double center, bool one_sided,
+    wide_sum_t* k, wide_sum_t* along_g) {
+  const wide_sum_t norm = norms != nullptr ? norms[n] : norm_of(block_row_total(partial_squared, n, splits));
   const wide_sum_t dot = partial_dot != nullptr ? block_row_total(partial_dot, n, splits) : wide_sum_t(0);
   wide_sum_t m;
-  coefficients(squared, wide_sum_t(center), one_sided, N, *k, m);
+  coefficients(norm, wide_sum_t(center), one_sided, N, *k, m);
   *along_g = m * dot;
 }
 
-// grad_g = go * (k_n * gg + m_n d_n * g) over the block's slice, with k_n, m_n and d_n = <g_n, gg_n> from the
-// row's partials; gg == nullptr means the backward (gg := g, no m_n term). In the double backward, block 0 also
-// writes grad_grad_out = sum_n k_n d_n.
+// grad_g = go * (k_n * gg + m_n d_n * g) over the block's slice. gg == nullptr means the backward (gg := g, no
+// m_n term, s_n from norms); else the double backward (norms == nullptr; s_n and d_n = <g_n, gg_n> from the row's
+// partials), whose block 0 also writes grad_grad_out = sum_n k_n d_n.
 template <typename T, int Width>
 __global__ void __launch_bounds__(kThreads) scale_rows_kernel(
-    const T* __restrict__ grad_out, const T* __restrict__ g, const T* __restrict__ gg,
+    const T* __restrict__ grad_out, const T* __restrict__ g, const T* __restrict__ gg, const double* __restrict__ norms,
     const wide_sum_t* __restrict__ partial_squared, const wide_sum_t* __restrict__ partial_dot, int64_t N, int64_t D,
     Slices slices, double center, bool one_sided, T* __restrict__ grad_g, T* __restrict__ grad_grad_out) {
   using acc_t = acc_type<T>;
@@ -205,7 +213,8 @@ __global__ void __launch_bounds__(kThreads) scale_rows_kernel(
   const SliceBounds slice = slice_bounds(blockIdx.x, D, slices);
   wide_sum_t k, along_g;
   block_row_coefficients(
-      partial_squared, with_dot ? partial_dot : nullptr, slice.n, N, slices.splits, center, one_sided, &k, &along_g);
+      norms, partial_squared, with_dot ? partial_dot : nullptr, slice.n, N, slices.splits, center, one_sided, &k,
+      &along_g);
   const wide_sum_t go = to_acc(grad_out[0]);
   const T* g_row = g + slice.n * D;
   const T* gg_row = with_dot ? gg + slice.n * D : nullptr;
@@ -280,16 +289,18 @@ void launch_partial_sums(const T* g, const T* other, int64_t N, int64_t D, const
 }
 
 template <typename T>
-void launch_scale_rows(const T* grad_out, const T* g, const T* gg, int64_t N, int64_t D, const Slices& slices,
-                       const Workspace& ws, double center, bool one_sided, T* grad_g, T* grad_grad_out,
-                       cudaStream_t stream) {
+void launch_scale_rows(const T* grad_out, const T* g, const T* gg, const double* norms, int64_t N, int64_t D,
+                       const Slices& slices, const Workspace& ws, double center, bool one_sided, T* grad_g,
+                       T* grad_grad_out, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(N * slices.splits);
   if (rows_fit_packs<T>(D, {g, gg, grad_g})) {
     scale_rows_kernel<T, kPack<T>><<<blocks, kThreads, 0, stream>>>(
-        grad_out, g, gg, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g, grad_grad_out);
+        grad_out, g, gg, norms, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g,
+        grad_grad_out);
   } else {
     scale_rows_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(
-        grad_out, g, gg, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g, grad_grad_out);
+        grad_out, g, gg, norms, ws.partial_squared, ws.partial_dot, N, D, slices, center, one_sided, grad_g,
+        grad_grad_out);
   }
 }
 
@@ -305,23 +316,24 @@ int64_t workspace_elements(int64_t N, int64_t D) {
 
 template <typename T>
 cudaError_t penalty_forward(
-    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out,
+    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out, double* norms,
     cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   launch_partial_sums<T, false>(g, nullptr, N, D, slices, ws, stream);
-  penalty_value_kernel<T><<<1, kThreads, 0, stream>>>(ws.partial_squared, N, slices.splits, center, one_sided, out);
+  penalty_value_kernel<T><<<1, kThreads, 0, stream>>>(
+      ws.partial_squared, N, slices.splits, center, one_sided, out, norms);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t penalty_backward(
-    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace,
+    const T* grad_out, const T* g, const double* norms, int64_t N, int64_t D, double center, bool one_sided,
     T* grad_g, cudaStream_t stream) {
   const Slices slices = slices_of(N, D);
-  const auto ws = split_workspace(workspace, N, slices);
-  launch_partial_sums<T, false>(g, nullptr, N, D, slices, ws, stream);
-  launch_scale_rows<T>(grad_out, g, nullptr, N, D, slices, ws, center, one_sided, grad_g, nullptr, stream);
+  launch_scale_rows<T>(
+      grad_out, g, nullptr, norms, N, D, slices, Workspace{nullptr, nullptr}, center, one_sided, grad_g, nullptr,
+      stream);
   return cudaGetLastError();
 }
 
@@ -332,7 +344,7 @@ cudaError_t penalty_double_backward(
   const Slices slices = slices_of(N, D);
   const auto ws = split_workspace(workspace, N, slices);
   launch_partial_sums<T, true>(g, gg, N, D, slices, ws, stream);
-  launch_scale_rows<T>(grad_out, g, gg, N, D, slices, ws, center, one_sided, grad_g, grad_grad_out, stream);
+  launch_scale_rows<T>(grad_out, g, gg, nullptr, N, D, slices, ws, center, one_sided, grad_g, grad_grad_out, stream);
   return cudaGetLastError();
 }
 
@@ -344,9 +356,10 @@ cudaError_t interpolate(
 }
 
 #define GANOPS_INSTANTIATE_GRADIENT_PENALTY(T)                                                                    \
-  template cudaError_t penalty_forward<T>(const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, cudaStream_t);  \
+  template cudaError_t penalty_forward<T>(                                                                       \
+      const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, double*, cudaStream_t);                         \
   template cudaError_t penalty_backward<T>(                                                                      \
-      const T*, const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, cudaStream_t);                        \
+      const T*, const T*, const double*, int64_t, int64_t, double, bool, T*, cudaStream_t);                      \
   template cudaError_t penalty_double_backward<T>(                                                               \
       const T*, const T*, const T*, int64_t, int64_t, double, bool, wide_sum_t*, T*, T*, cudaStream_t);          \
   template cudaError_t interpolate<T>(const T*, const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);

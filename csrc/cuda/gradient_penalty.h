@@ -23,16 +23,17 @@ int64_t partial_splits(int64_t N, int64_t D);
 // Elements of wide_sum_t (double) the launchers below need as workspace.
 int64_t workspace_elements(int64_t N, int64_t D);
 
-// out (a single T) = mean_n h(||g_n||).
+// out (a single T) = mean_n h(||g_n||) and norms[N] = ||g_n|| (NaN for a sample with a non-finite element).
 template <typename T>
 cudaError_t penalty_forward(
-    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out,
+    const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace, T* out, double* norms,
     cudaStream_t stream);
 
-// grad_g[N, D] = go * k_n * g_n, with go = *grad_out.
+// grad_g[N, D] = go * k_n * g_n, with go = *grad_out and s_n = norms[n] as penalty_forward wrote them: one pass
+// over g, no workspace.
 template <typename T>
 cudaError_t penalty_backward(
-    const T* grad_out, const T* g, int64_t N, int64_t D, double center, bool one_sided, wide_sum_t* workspace,
+    const T* grad_out, const T* g, const double* norms, int64_t N, int64_t D, double center, bool one_sided,
     T* grad_g, cudaStream_t stream);
 
 // grad_grad_out (a single T) = sum_n k_n d_n and grad_g[N, D] = go * (k_n gg_n + m_n d_n g_n).

@@ -23,39 +23,41 @@ at::Tensor workspace_for(const at::Tensor& rows) {
   return at::empty({elements}, rows.options().dtype(at::kDouble));  // wide_sum_t partials and coefficients
 }
 
-at::Tensor gradient_penalty_forward_cuda(const at::Tensor& grad, double center, bool one_sided) {
+std::tuple<at::Tensor, at::Tensor> gradient_penalty_forward_cuda(const at::Tensor& grad, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_cpp";
   check_penalty_inputs(op, grad, center);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor rows = sample_rows(grad, is_channels_last(grad));
   at::Tensor workspace = workspace_for(rows);
   at::Tensor out = at::empty({}, grad.options());
+  at::Tensor norms = at::empty({rows.size(0)}, grad.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_cuda", [&] {
     check_launch(
         gradient_penalty_cuda::penalty_forward(
             input_ptr<scalar_t>(rows), rows.size(0), rows.size(1), center, one_sided,
-            workspace.mutable_data_ptr<double>(), output_ptr<scalar_t>(out),
+            workspace.mutable_data_ptr<double>(), output_ptr<scalar_t>(out), norms.mutable_data_ptr<double>(),
             at::cuda::getCurrentCUDAStream()),
         op);
   });
-  return out;
+  return {out, norms};
 }
 
 at::Tensor gradient_penalty_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& grad, double center, bool one_sided) {
+    const at::Tensor& grad_out, const at::Tensor& grad, const at::Tensor& norms, double center, bool one_sided) {
   constexpr const char* op = "ganops::gradient_penalty_backward_cpp";
   check_penalty_backward_inputs(op, grad_out, grad, center);
+  check_norms(op, norms, grad);
   const c10::cuda::CUDAGuard guard(grad.device());
   const bool channels_last = is_channels_last(grad);
   const at::Tensor rows = sample_rows(grad, channels_last);
+  const at::Tensor norm_values = norms.contiguous();
   at::Tensor out = empty_in_layout_of(grad);
   at::Tensor out_rows = output_rows(out, channels_last);
-  at::Tensor workspace = workspace_for(rows);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_penalty_backward_cuda", [&] {
     check_launch(
         gradient_penalty_cuda::penalty_backward(
-            input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(rows), rows.size(0), rows.size(1), center, one_sided,
-            workspace.mutable_data_ptr<double>(), output_ptr<scalar_t>(out_rows),
+            input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(rows), norm_values.const_data_ptr<double>(),
+            rows.size(0), rows.size(1), center, one_sided, output_ptr<scalar_t>(out_rows),
             at::cuda::getCurrentCUDAStream()),
         op);
   });

@@ -3,7 +3,9 @@ Triton and C++ backends, and the public functions.
 
 * :func:`gradient_norm_penalty` — ``mean_n h(||g_n||_2)`` of an input gradient ``g`` (per-sample norm over all
   non-batch dimensions, the penalty and the batch mean in one op). Its backward is an op, whose backward is an
-  op again (``ganops.ops._registration.register_chain``), so the penalty can be differentiated to any order.
+  op again, so the penalty can be differentiated to any order. The forward op also returns the per-sample norms
+  (float64 ``[N]``, not differentiable), which its backward takes instead of reading ``g`` a second time for them:
+  the backward is one pass over ``g``.
 * :func:`interpolate` — ``eps_n * real_n + (1 - eps_n) * fake_n`` with one weight per sample.
 
 * :func:`gradient_penalty` — the public penalty (WGAN-GP, WGAN-LP, DRAGAN, R1, R2): builds the penalised points
@@ -26,7 +28,7 @@ from torch import Tensor
 from ganops import _backend, _extension
 from ganops._layout import empty_in_layout_of
 from ganops._dtypes import FLOATING_DTYPES, compute_dtype
-from ganops.ops._registration import Stage, register, register_chain
+from ganops.ops._registration import Stage, op, register
 from ganops.reference import gradient_penalty as reference
 
 OP_NAME = "gradient_penalty"
@@ -57,6 +59,21 @@ def check_penalty_arguments(grad: Tensor, center: float, one_sided: bool) -> Non
         raise TypeError(f"{caller}: one_sided must be a bool, got {type(one_sided).__name__}")
 
 
+def check_penalty_backward_arguments(grad_out: Tensor, grad: Tensor, norms: Tensor, center: float, one_sided: bool) -> None:
+    """The backward op's arguments: those of the forward, and ``norms`` as the forward returned them."""
+    check_penalty_arguments(grad, center, one_sided)
+    caller = "gradient_norm_penalty backward"
+    if not isinstance(norms, Tensor):
+        raise TypeError(f"{caller}: norms must be a torch.Tensor, got {type(norms).__name__}")
+    if norms.dtype != torch.float64 or norms.shape != grad.shape[:1]:
+        raise ValueError(
+            f"{caller}: norms must be the forward's per-sample norms, float64 of shape [N] = {tuple(grad.shape[:1])}, "
+            f"got {norms.dtype} of shape {tuple(norms.shape)}"
+        )
+    if norms.device != grad.device:
+        raise ValueError(f"{caller}: norms must be on the device of grad ({grad.device}), got {norms.device}")
+
+
 def check_interpolate_arguments(real: Tensor, fake: Tensor, eps: Tensor) -> None:
     caller = "interpolate"
     check_batch_tensor("real", real, caller)
@@ -76,11 +93,11 @@ def check_interpolate_arguments(real: Tensor, fake: Tensor, eps: Tensor) -> None
 # ------------------------------------------------------------------------------ penalty of the input gradient
 
 
-def _fake_penalty(grad: Tensor, center: float, one_sided: bool) -> Tensor:
-    return grad.new_empty(())
+def _fake_penalty(grad: Tensor, center: float, one_sided: bool) -> tuple[Tensor, Tensor]:
+    return grad.new_empty(()), grad.new_empty(grad.shape[:1], dtype=torch.float64)
 
 
-def _fake_penalty_backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
+def _fake_penalty_backward(grad_out: Tensor, grad: Tensor, norms: Tensor, center: float, one_sided: bool) -> Tensor:
     return empty_in_layout_of(grad, grad.shape)
 
 
@@ -98,7 +115,7 @@ def _third_order_vjp(saved: tuple[Tensor, ...], attributes: tuple, grads: tuple[
 
 
 @torch.library.custom_op("ganops::gradient_penalty_triton", mutates_args=())
-def _triton_penalty(grad: Tensor, center: float, one_sided: bool) -> Tensor:
+def _triton_penalty(grad: Tensor, center: float, one_sided: bool) -> tuple[Tensor, Tensor]:
     from ganops._dtypes import compute_dtype
     from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
@@ -111,14 +128,14 @@ def _triton_penalty(grad: Tensor, center: float, one_sided: bool) -> Tensor:
 
 
 @torch.library.custom_op("ganops::gradient_penalty_backward_triton", mutates_args=())
-def _triton_penalty_backward(grad_out: Tensor, grad: Tensor, center: float, one_sided: bool) -> Tensor:
+def _triton_penalty_backward(grad_out: Tensor, grad: Tensor, norms: Tensor, center: float, one_sided: bool) -> Tensor:
     from ganops._dtypes import compute_dtype
     from ganops._layout import memory_format_of
     from ganops.triton_kernels import gradient_penalty as kernels
 
-    check_penalty_arguments(grad, center, one_sided)
+    check_penalty_backward_arguments(grad_out, grad, norms, center, one_sided)
     return kernels.backward(
-        grad_out, grad, center, one_sided,
+        grad_out, grad, norms, center, one_sided,
         compute_dtype=compute_dtype(grad.dtype), memory_format=memory_format_of(grad),
     )
 
@@ -171,12 +188,37 @@ def _interpolation_gradient(saved: tuple[Tensor, Tensor, Tensor], attributes: tu
     )
 
 
+def _check_penalty_double_backward_arguments(
+    grad_grad_grad: Tensor, grad_out: Tensor, grad: Tensor, center: float, one_sided: bool
+) -> None:
+    check_penalty_arguments(grad, center, one_sided)
+
+
 def _register(suffix: str) -> None:
-    names = tuple(f"ganops::gradient_penalty{part}_{suffix}" for part in ("", "_backward", "_double_backward"))
-    register_chain(
-        names, (_fake_penalty, _fake_penalty_backward, _fake_penalty_double_backward), num_tensor_inputs=1,
-        third_order_vjp=_third_order_vjp, check=check_penalty_arguments,
+    # The chain of ganops.ops._registration.register_chain, except that the forward's second output, the norms,
+    # is saved for the backward op and not differentiated: the backward's own gradient (the double backward op,
+    # which sums g and gg in one pass anyway) differentiates through the norms' dependence on g.
+    forward, backward, double_backward = (
+        f"ganops::gradient_penalty{part}_{suffix}" for part in ("", "_backward", "_double_backward")
     )
+    backward_op, double_backward_op = op(backward), op(double_backward)
+    register(Stage(
+        forward, _fake_penalty, (0,),
+        lambda saved, attributes, grads: (backward_op(grads[0], *saved, *attributes),),
+        save=lambda inputs, output: (inputs[0], output[1]),
+        non_differentiable=lambda output: (output[1],),
+        check=check_penalty_arguments,
+    ))
+    register(Stage(
+        backward, _fake_penalty_backward, (0, 1),
+        lambda saved, attributes, grads: double_backward_op(grads[0], *saved, *attributes),
+        save=lambda inputs, output: inputs[:2],
+        check=check_penalty_backward_arguments,
+    ))
+    register(Stage(
+        double_backward, _fake_penalty_double_backward, (0, 1, 2), _third_order_vjp,
+        check=_check_penalty_double_backward_arguments,
+    ))
     register(Stage(
         f"ganops::gradient_penalty_interpolate_{suffix}", _fake_interpolate, (0, 1, 2), _interpolation_gradient,
         check=check_interpolate_arguments,
@@ -209,8 +251,8 @@ def gradient_norm_penalty(
     """``mean_n h(||grad_n||_2)``, the norm taken over every non-batch dimension of ``grad``.
 
     ``h(s) = (s - center)^2`` (two-sided; ``center=0`` gives R1/R2's squared norm, computed without a square
-    root) or ``max(0, s - center)^2`` (``one_sided=True``, WGAN-LP). Fused: one pass over ``grad`` forward, two
-    in the backward (norms, then the scaled gradient), differentiable to any order.
+    root) or ``max(0, s - center)^2`` (``one_sided=True``, WGAN-LP). Fused: one pass over ``grad`` forward, one
+    in the backward (which takes the forward's per-sample norms), differentiable to any order.
 
     Args:
         grad: ``[N, ...]`` floating tensor (float16, bfloat16, float32 or float64; any strides), typically the
@@ -226,7 +268,8 @@ def gradient_norm_penalty(
     chosen = _select(grad.device.type, backend, grad)
     if chosen == "reference":
         return reference.gradient_penalty(grad, float(center), one_sided)
-    return getattr(torch.ops.ganops, f"gradient_penalty_{chosen}").default(grad, float(center), one_sided)
+    value, _norms = getattr(torch.ops.ganops, f"gradient_penalty_{chosen}").default(grad, float(center), one_sided)
+    return value
 
 
 def interpolate(real: Tensor, fake: Tensor, eps: Tensor, *, backend: str | None = None) -> Tensor:
