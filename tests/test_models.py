@@ -131,8 +131,8 @@ def test_wgan_gp_training_steps_equal_reference_build(backend, kind):
         trainers.append(trainer)
     data = torch.Generator().manual_seed(4)
     for step in range(2):
-        real = torch.rand(4, 3, 8, 8, generator=data, dtype=torch.float64) * 2 - 1
-        z = torch.randn(2, 4, 16, generator=data, dtype=torch.float64)
+        real = torch.rand(2, 3, 8, 8, generator=data, dtype=torch.float64) * 2 - 1
+        z = torch.randn(2, 2, 16, generator=data, dtype=torch.float64)
         results = []
         for trainer in trainers:
             torch.manual_seed(step)  # the penalty's interpolation weights come from the global generator
