@@ -160,9 +160,9 @@ def test_forward_returns_the_norms_its_backward_takes(backend, shape, dtype, lay
     assert relative_error(norms[:-1], reference.per_sample_norm(finite)) <= norm_tolerance
 
     # Any positive norms given to the backward are the ones it uses: go * (2 / N) (1 - c / s_n) g_n (two-sided) or
-    # 0 where s_n <= c (one-sided).
+    # 0 where s_n <= c (one-sided). Given as a strided view: the ops index them by their strides.
     center, one_sided = setting
-    given_norms = torch.rand(shape[0] - 1, generator=generator, dtype=torch.float64) * 3 + 0.1
+    given_norms = (torch.rand(2 * (shape[0] - 1), generator=generator, dtype=torch.float64) * 3 + 0.1)[::2]
     grad_out = torch.tensor(0.75, dtype=dtype)
     got = getattr(ops, f"gradient_penalty_backward_{backend}").default(grad_out, finite, given_norms, *setting)
     k = 2.0 / finite.shape[0] * (1.0 - center / given_norms)

@@ -10,8 +10,8 @@ at most ``_SPLIT_CHUNK`` (a ``[BLOCK_N, next_pow2(splits)]`` tile, up to ``[128,
 outputs are reduced over ``N`` in a fixed order by a single program: the penalty by a launch of its own (which
 also writes the per-sample norms, float64, for the backward), the gradient of ``go`` by program 0 of the double
 backward's grid. The forward and the double backward are two launches, the backward one: it takes the forward's
-norms, so it reads ``g`` once. Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``): axis 1 is limited to
-65535 blocks, which ``cdiv(D, BLOCK_D)`` exceeds above ~67M elements per sample.
+norms, so it reads ``g`` once. Every row-wise grid is folded onto grid axis 0 (``program = row * tiles + tile``):
+axis 1 is limited to 65535 blocks, which ``cdiv(D, BLOCK_D)`` exceeds above ~67M elements per sample.
 """
 
 from __future__ import annotations
@@ -324,6 +324,7 @@ def backward_plan(
     rows = _sample_rows(grad, channels_last)
     out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
     out_rows = _sample_rows(out, channels_last)
+    norms = norms.contiguous()  # the kernel reads norms[n] at stride 1
     n, d = rows.shape
     tiles = triton.cdiv(d, _BLOCK_D)
     scaled_gradient = Launch(
