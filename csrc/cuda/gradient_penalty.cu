@@ -143,8 +143,9 @@ __global__ void __launch_bounds__(kThreads) penalty_value_kernel(
   wide_sum_t total = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     const wide_sum_t squared = nan_unless_finite(row_total(partial_squared, n, splits));
-    norms[n] = sqrt(squared);
-    wide_sum_t distance = norms[n] - center;
+    const wide_sum_t norm = sqrt(squared);
+    norms[n] = norm;
+    wide_sum_t distance = norm - center;
     if (one_sided && distance < 0) {  // NaN stays NaN
       distance = 0;
     }

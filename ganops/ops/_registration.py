@@ -6,7 +6,8 @@ vector-Jacobian product of the reference (third derivatives are rare enough not 
 of a chain is described by one :class:`Stage` and registered by :func:`register`; :func:`register_chain` builds
 the three stages of the common case (one differentiable output; each backward takes the incoming gradients
 followed by the op's own inputs). Ops whose chain differs (attention saves its outputs, spectral norm takes
-lists and has non-differentiable outputs) describe their stages themselves, with the same :func:`register`.
+lists and has non-differentiable outputs, the gradient penalty's backward takes the norms its forward returned)
+describe their stages themselves, with the same :func:`register`.
 """
 
 from __future__ import annotations
