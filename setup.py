@@ -9,6 +9,8 @@ Environment variables:
 
 import glob
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -47,6 +49,22 @@ def pip_cuda_include_flags() -> list[str]:
     return [flag for d in dirs for flag in ("-isystem", str(d))]
 
 
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension, keeping its objects in one folder of the project, build/objects.<platform>.
+
+    An editable install (scripts/setup.sh) otherwise compiles in a temporary folder it then deletes, so running
+    setup.sh again, or building the wheel after it (scripts/wheel_smoke.sh), compiled every source again; ninja,
+    which torch drives, now recompiles only the sources whose command or inputs (headers included) changed.
+    A build_temp given explicitly (setup.py build_ext --build-temp DIR) is kept.
+    """
+
+    def finalize_options(self):
+        inherited = self.build_temp is None
+        super().finalize_options()
+        if inherited:
+            self.build_temp = str(HERE / "build" / f"objects.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 def extension():
     # Sources, one stem per op: csrc/<op>.cpp (schemas) and csrc/ganops.cpp (the library and module),
     # csrc/cpu/<op>.cpp (CPU kernels), csrc/cuda/<op>.cu (CUDA kernels) and csrc/cuda/<op>_binding.cpp
@@ -75,5 +93,5 @@ setup(
     package_dir={"ganops.triton_kernels": "triton_kernels"},
     package_data={"ganops": ["*.json"]},
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -4,9 +4,12 @@
 #   scripts/wheel_smoke.sh          build the wheel, install it into a fresh venv, run a smoke test
 #   scripts/wheel_smoke.sh --full   ... and run the whole test suite (a copy of tests/ in a temp dir)
 #
-# The wheel is built with the torch of .venv (or $PYTHON) without build isolation, from a copy of the tracked
-# and untracked-but-not-ignored files, so the build never touches the checkout's build/ folder. The fresh venv
-# has no system site-packages: torch==$GANOPS_TORCH_VERSION (default 2.13.0), the test tools and the wheel.
+# The wheel is built in the checkout with the torch of .venv (or $PYTHON), without build isolation. Its compiled
+# objects are the project's build/objects.<platform> (setup.py), which the editable install of scripts/setup.sh
+# fills, so the build recompiles only what changed since then (ninja); everything else it writes goes to a
+# temporary build folder (DIST_EXTRA_CONFIG), so no stale build/lib of an earlier build can reach the wheel.
+# The fresh venv has no system site-packages: torch==$GANOPS_TORCH_VERSION (default 2.13.0), the test tools
+# and the wheel.
 # Environment: GANOPS_BUILD_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS go to the build (see setup.py);
 # WHEEL_DIR keeps the wheel there (default: a temp dir that is removed).
 set -euo pipefail
@@ -26,12 +29,6 @@ trap 'rm -rf "$WORK"' EXIT
 WHEEL_DIR="${WHEEL_DIR:-$WORK/dist}"
 mkdir -p "$WHEEL_DIR"
 
-echo "== copying the source tree to $WORK/src"
-mkdir -p "$WORK/src"
-# Files deleted from the working tree but still tracked are skipped (--ignore-failed-read).
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-    | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$WORK/src"
-
 VENV_PY="$WORK/venv/bin/python"
 echo "== creating the fresh venv and its dependencies (in the background, while the wheel builds)"
 started=$(date +%s)
@@ -44,7 +41,9 @@ started=$(date +%s)
 venv_setup=$!
 
 echo "== building the wheel with $("$PYTHON" -c 'import torch; print("torch", torch.__version__)')"
-(cd "$WORK/src" && PATH="$(dirname "$PYTHON"):$PATH" "$PYTHON" -m pip wheel --quiet --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
+printf '[build]\nbuild_base = %s\n[egg_info]\negg_base = %s\n' "$WORK/build" "$WORK" > "$WORK/setup.cfg"
+(cd "$ROOT" && DIST_EXTRA_CONFIG="$WORK/setup.cfg" PATH="$(dirname "$PYTHON"):$PATH" \
+    "$PYTHON" -m pip wheel --quiet --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
 WHEEL="$(ls "$WHEEL_DIR"/ganops-*.whl)"
 echo "built $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1)) in $(( $(date +%s) - started )) s"
 
