@@ -10,4 +10,8 @@ TORCH_LIBRARY_FRAGMENT(ganops, m) {
       "attention_backward_cpp(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
       "bool allow_tf32=False) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  m.def(
+      "attention_double_backward_cpp(Tensor grad_grad_q, Tensor grad_grad_k, Tensor grad_grad_v, Tensor grad_out, "
+      "Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, bool allow_tf32=False) "
+      "-> (Tensor grad_grad_out, Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }

@@ -4,13 +4,14 @@
 //
 // Contract (ganops/ops/attention.py relies on it): q [B, Nq, Dqk], k [B, Nk, Dqk], v [B, Nk, Dv], all
 // contiguous, one floating dtype; lse [B, Nq] in the accumulation dtype (float64 for float64 inputs,
-// float32 otherwise).
+// float32 otherwise); the double backward's grad_grad_q, grad_grad_k, grad_grad_v have the shapes of q, k, v.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
 #include <cmath>
+#include <tuple>
 
 #include "common_torch.h"
 
@@ -81,5 +82,37 @@ inline AttentionSizes check_attention_backward_inputs(
   TORCH_CHECK(lse.is_contiguous(), op, ": lse must be contiguous, got strides ", lse.strides());
   return sizes;
 }
+
+// The backward's inputs plus the cotangents grad_grad_q, grad_grad_k and grad_grad_v of its outputs, each with
+// the shape of q, k and v respectively.
+inline AttentionSizes check_attention_double_backward_inputs(
+    const char* op, const at::Tensor& grad_grad_q, const at::Tensor& grad_grad_k, const at::Tensor& grad_grad_v,
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, double scale) {
+  const AttentionSizes sizes = check_attention_backward_inputs(op, grad_out, q, k, v, out, lse, scale);
+  const auto check_like = [&](const char* name, const char* layout, const at::Tensor& t, const char* like_name,
+                              const at::Tensor& like) {
+    check_attention_tensor(op, name, layout, t, q);
+    TORCH_CHECK(
+        t.sizes() == like.sizes(), op, ": ", name, " must have the shape of ", like_name, " ", layout, " = ",
+        like.sizes(), ", got ", t.sizes());
+  };
+  check_like("grad_grad_q", "[B, Nq, Dqk]", grad_grad_q, "q", q);
+  check_like("grad_grad_k", "[B, Nk, Dqk]", grad_grad_k, "k", k);
+  check_like("grad_grad_v", "[B, Nk, Dv]", grad_grad_v, "v", v);
+  return sizes;
+}
+
+// The double backward as a composite of ATen ops, for any device (the CPU kernel, and the CUDA binding where its
+// fused kernels do not apply); inputs already checked by check_attention_double_backward_inputs. Returns the
+// gradients of the backward op's (grad_q, grad_k, grad_v) . (grad_grad_q, grad_grad_k, grad_grad_v) with respect
+// to (grad_out, q, k, v), contiguous, in the dtypes of those inputs (formulas: ganops/reference/attention.py).
+// It walks the queries in blocks, so it holds [B, block, Nk] slices of the score matrices, never [B, Nq, Nk]
+// ones. Float32 products go through at::bmm, so on a GPU they follow torch's float32 matmul precision setting
+// (torch.backends.cuda.matmul), TF32 included, not an allow_tf32 argument. Defined in csrc/cpu/attention.cpp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_double_backward_blockwise(
+    const at::Tensor& grad_grad_q, const at::Tensor& grad_grad_k, const at::Tensor& grad_grad_v,
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lse,
+    double scale);
 
 }  // namespace ganops

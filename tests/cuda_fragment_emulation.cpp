@@ -301,6 +301,37 @@ void check_scores(int rows, int row0, int cols, int dim) {
   }
 }
 
+// accumulate_scores() after scores(): s = R1 C1^T + R2 C2^T, as the double backward forms R = Uq K^T + Q Uk^T.
+template <typename E>
+void check_accumulated_scores(int rows, int cols, int dim) {
+  const HostTile<E> r1 = random_tile<E>(rows, dim), c1 = random_tile<E>(cols, dim);
+  const HostTile<E> r2 = random_tile<E>(rows, dim), c2 = random_tile<E>(cols, dim);
+  static float s[32][layout::kColTiles][4];
+  Warp warp;
+  const int steps = (dim + layout::kStep<E> - 1) / layout::kStep<E>, row0 = 16;
+  for (int lane = 0; lane < 32; ++lane) {
+    LaneOps ops{&warp, lane, sizeof(E) == 4};
+    layout::scores<kMaxDim / layout::kStep<E>>(s[lane], layout::Tile<E>{r1.data.data(), r1.stride}, row0,
+                                               layout::Tile<E>{c1.data.data(), c1.stride}, steps, lane, ops);
+    layout::accumulate_scores<kMaxDim / layout::kStep<E>>(s[lane], layout::Tile<E>{r2.data.data(), r2.stride}, row0,
+                                                          layout::Tile<E>{c2.data.data(), c2.stride}, steps, lane,
+                                                          ops);
+  }
+  replay(warp);
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int nt = 0; nt < layout::kColTiles; ++nt) {
+      for (int i = 0; i < 4; ++i) {
+        const int row = row0 + layout::c_row(lane, i), col = nt * 8 + layout::c_col(lane, i);
+        float expected = 0;
+        for (int d = 0; d < dim; ++d) {
+          expected += r1.values[row * dim + d] * c1.values[col * dim + d] + r2.values[row * dim + d] * c2.values[col * dim + d];
+        }
+        expect(s[lane][nt][i] == expected, "accumulated scores", rows, cols, dim);
+      }
+    }
+  }
+}
+
 // accumulate_product(): acc += P B for P a 16 x 64 accumulator tile and B [cols, width].
 template <typename E>
 void check_product(int cols, int width) {
@@ -357,6 +388,7 @@ void check_format() {
       check_scores<E>(64, row0, 64, dim);
       check_scores<E>(53, row0, 37, dim);
     }
+    check_accumulated_scores<E>(53, 37, dim);
   }
   for (const int width : {48, 12, 7, 64, 16}) {
     check_product<E>(64, width);

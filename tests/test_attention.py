@@ -5,6 +5,7 @@ test_attention_triton_compile.py."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -34,7 +35,7 @@ SECOND_ORDER_SLOPE = 10.0
 def require_attention_backend(backend: str, device_type: str = "cpu") -> None:
     require_backend(backend, device_type)
     if backend == "cpp" and not cpp_ops_available():
-        pytest.fail("ganops._C loaded but has no attention_cpp op: rebuild the extension")
+        pytest.fail("ganops._C loaded but lacks attention_cpp or attention_double_backward_cpp: rebuild the extension")
 
 
 @st.composite
@@ -193,7 +194,7 @@ def kernel_ops(backend):
     ops = torch.ops.ganops
     if backend == "triton":
         return ops.attention_triton.default, ops.attention_backward_triton.default, ops.attention_double_backward_triton.default, (False,)
-    return ops.attention_cpp.default, ops.attention_backward_cpp.default, ops.attention_double_backward_blockwise.default, (False,)
+    return ops.attention_cpp.default, ops.attention_backward_cpp.default, ops.attention_double_backward_cpp.default, (False,)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -406,8 +407,9 @@ def test_penalty_step_memory_grows_linearly_in_tokens(backend):
 
 
 def test_blockwise_reference_formulas_hold_one_block_of_rows_at_a_time():
-    """The cpp backend's double backward is the blockwise reference run inside an op, where the accounting of the
-    test above cannot see its temporaries: measured here directly, they grow linearly in N at a fixed block."""
+    """The blockwise reference formulas, which the cpp backend's double backward ports to C++ (whose temporaries
+    the accounting of the test above cannot see; see test_compiled_double_backward_memory_grows_linearly_in_tokens):
+    measured here directly, they grow linearly in N at a fixed block."""
     from ganops.profiling import peak_memory_bytes
 
     def peak(tokens):
@@ -422,6 +424,29 @@ def test_blockwise_reference_formulas_hold_one_block_of_rows_at_a_time():
         return peak_memory_bytes(all_three)
 
     small, large = peak(256), peak(1024)
+    assert large <= 4.5 * small, (small, large)
+
+
+def compiled_double_backward_peak_bytes(tokens: int) -> int:
+    """Peak bytes the CPU allocator holds during one attention_double_backward_cpp at Nq = Nk = tokens, from the
+    profiler's allocation records: the op's temporaries are made in C++, out of peak_memory_bytes's sight."""
+    q, k, v = random_inputs(((1,), tokens, tokens, 8, 8), torch.float32)
+    out, lse = torch.ops.ganops.attention_cpp(q, k, v, 1.0)
+    grad_out, *cotangents = (torch.randn_like(t) for t in (out, q, k, v))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        torch.ops.ganops.attention_double_backward_cpp(*cotangents, grad_out, q, k, v, out, lse, 1.0)
+    events = profile.profiler.kineto_results.events()
+    records = sorted((event.start_ns(), event.nbytes()) for event in events if event.name() == "[memory]")
+    return max(itertools.accumulate(nbytes for _, nbytes in records))
+
+
+def test_compiled_double_backward_memory_grows_linearly_in_tokens():
+    """One query block of 256 rows at N = 256, four at N = 1024: the [block, Nk] temporaries grow 4-fold, where
+    [Nq, Nk] ones would grow 16-fold."""
+    require_attention_backend("cpp")
+    small, large = (compiled_double_backward_peak_bytes(tokens) for tokens in (256, 1024))
+    assert small > 256 * 256 * 4, "the measurement must see the op's [block, Nk] float32 temporaries"
     assert large <= 4.5 * small, (small, large)
 
 
@@ -525,9 +550,11 @@ def test_kernels_read_strided_inputs_and_broadcast_gradients(backend):
 
 
 # --- the compiled kernels (torch.ops.ganops.attention_cpp / attention_backward_cpp, csrc/cpu and csrc/cuda) ----
-# against naive float64 math: softmax(q k^T scale) v, torch.logsumexp and autograd's gradients.
+# against naive float64 math: softmax(q k^T scale) v, torch.logsumexp and autograd's gradients; their double
+# backward (attention_double_backward_cpp) against the float64 reference formulas.
 
-# Around the CPU kernel's tiles (64 rows, chunks of 256) and the CUDA kernel's (8 to 64), and 1.
+# Around the CPU kernel's tiles (64 rows, chunks of 256; the double backward's query blocks of 256) and the CUDA
+# kernel's (8 to 64), and 1.
 SEQUENCE_LENGTHS = (1, 2, 7, 63, 64, 65, 130, 257)
 HEAD_DIMS = (1, 3, 8, 12, 48, 130)
 
@@ -540,6 +567,7 @@ def require_cpp_attention(device_type: str = "cpu") -> None:
     """Skip where the compiled backend cannot run; once it can, a missing attention op is a failure."""
     require_backend("cpp", device_type)
     assert hasattr(torch.ops.ganops, "attention_cpp"), "ganops._C was built without csrc/cpu/attention.cpp"
+    assert hasattr(torch.ops.ganops, "attention_double_backward_cpp"), "ganops._C predates its double backward"
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -608,6 +636,32 @@ def check_against_naive(q, k, v, grad_out, scale):
         assert error <= bound, f"{name}: relative error {error:.3e} > {bound:.1e}"
 
 
+def check_double_backward_against_reference(q, k, v, grad_out, scale, magnitude, seed):
+    """torch.ops.ganops.attention_double_backward_cpp on q's device, for random cotangents of (grad_q, grad_k,
+    grad_v), against the reference's formulas in float64 on the same inputs. The errors are measured as in
+    assert_derivatives_close: the double backward multiplies logit-sized factors by q and k again (ten times the
+    forward's slope), and its results can cancel to nothing (all of them but grad_grad_out for Nk = 1), so each
+    is also measured against the largest of them times q's magnitude."""
+    dtype = q.dtype
+    generator = torch.Generator().manual_seed(seed + 1)
+    cotangents = [
+        torch.randn(t.shape, dtype=torch.float64, generator=generator).to(dtype).to(q.device) for t in (q, k, v)
+    ]
+    out, lse = torch.ops.ganops.attention_cpp(q, k, v, scale)
+    grads = torch.ops.ganops.attention_double_backward_cpp(*cotangents, grad_out, q, k, v, out, lse, scale)
+    exact = [t.double().cpu() for t in (*cotangents, grad_out, q, k, v)]
+    expected = reference.attention_double_backward(*exact, *reference.attention_forward(*exact[4:], scale), scale)
+    _, _, logits = naive_attention_with_logits(q, k, v, scale)
+    bound = tolerance(dtype, SECOND_ORDER_SLOPE * logits.abs().max().item())
+    floor = magnitude * max(want.norm().item() for want in expected)
+    names = ("grad_grad_out", "grad_q", "grad_k", "grad_v")
+    for name, got, want, like in zip(names, grads, expected, (grad_out, q, k, v)):
+        assert got.dtype == dtype and got.shape == like.shape and got.device == q.device, name
+        assert got.is_contiguous(), name
+        error = relative_error(got.double().cpu(), want, floor=floor)
+        assert error <= bound, f"{name}: relative error {error:.3e} > {bound:.1e}"
+
+
 @st.composite
 def attention_problems(draw, lengths=SEQUENCE_LENGTHS, head_dims=HEAD_DIMS, max_batch=3):
     batch = draw(st.integers(1, max_batch))
@@ -642,6 +696,16 @@ def test_cpu_kernels_match_naive_math(problem):
     require_cpp_attention()
     shape, dtype, scale, magnitude, seed = problem
     check_against_naive(*make_inputs(shape, dtype, magnitude, seed), scale)
+
+
+@given(problem=attention_problems())
+def test_cpu_double_backward_matches_reference(problem):
+    """Query counts around and past the double backward's block of 256 rows, Nq != Nk and Dqk != Dv drawn."""
+    require_cpp_attention()
+    shape, dtype, scale, magnitude, seed = problem
+    if dtype == torch.float16:
+        magnitude = min(magnitude, 10.0)  # second derivatives at logits ~1e4 exceed float16's range (65504)
+    check_double_backward_against_reference(*make_inputs(shape, dtype, magnitude, seed), scale, magnitude, seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
@@ -702,6 +766,10 @@ def test_opcheck_of_the_compiled_ops():
     out, lse = torch.ops.ganops.attention_cpp(q, k, v, 0.5)
     torch.library.opcheck(torch.ops.ganops.attention_backward_cpp.default, (grad_out, q, k, v, out, lse, 0.5))
     torch.library.opcheck(torch.ops.ganops.attention_backward_cpp.default, (grad_out, q, k, v, out, lse, 0.5, True))
+    cotangents = [torch.randn_like(t) for t in (q, k, v)]
+    double_backward = torch.ops.ganops.attention_double_backward_cpp.default
+    torch.library.opcheck(double_backward, (*cotangents, grad_out, q, k, v, out, lse, 0.5))
+    torch.library.opcheck(double_backward, (*cotangents, grad_out, q, k, v, out, lse, 0.5, True))
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -775,6 +843,38 @@ def test_backward_rejects_bad_input(change, message):
         torch.ops.ganops.attention_backward_cpp(
             args["grad_out"], args["q"], args["k"], args["v"], args["out"], args["lse"], args["scale"]
         )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(grad_grad_q=a["grad_grad_q"][:, :2].contiguous()),
+         r"grad_grad_q must have the shape of q \[B, Nq, Dqk\] = \[2, 3, 5\], got \[2, 2, 5\]"),
+        (lambda a: a.update(grad_grad_k=a["grad_grad_k"][..., :4].contiguous()),
+         r"grad_grad_k must have the shape of k \[B, Nk, Dqk\] = \[2, 4, 5\], got \[2, 4, 4\]"),
+        (lambda a: a.update(grad_grad_v=a["grad_grad_v"][:1]),
+         r"grad_grad_v must have the shape of v \[B, Nk, Dv\] = \[2, 4, 6\], got \[1, 4, 6\]"),
+        (lambda a: a.update(grad_grad_v=a["grad_grad_v"].double()), r"grad_grad_v must have the dtype of q \(Float\)"),
+        (lambda a: a.update(grad_grad_k=a["grad_grad_k"].half()), r"grad_grad_k must have the dtype of q \(Float\)"),
+        (lambda a: a.update(grad_grad_q=a["grad_grad_q"][0]), r"grad_grad_q must be a 3-D tensor \[B, Nq, Dqk\]"),
+        (lambda a: a.update(grad_grad_k=a["grad_grad_k"].transpose(1, 2).contiguous().transpose(1, 2)),
+         "grad_grad_k must be contiguous"),
+        # The backward's checks come first.
+        (lambda a: a.update(lse=a["lse"].double()), "lse must have dtype Float"),
+        (lambda a: a.update(grad_out=a["grad_out"][:, :2].contiguous()), r"grad_out must have shape \[B, Nq, Dv\]"),
+    ],
+)
+def test_double_backward_rejects_bad_input(change, message):
+    require_cpp_attention()
+    args = valid_forward_args()
+    out, lse = torch.ops.ganops.attention_cpp(args["q"], args["k"], args["v"], 1.0)
+    cotangents = {f"grad_grad_{name}": torch.randn_like(args[name]) for name in ("q", "k", "v")}
+    args.update(cotangents, grad_out=torch.randn_like(out), out=out, lse=lse)
+    change(args)
+    names = ("grad_grad_q", "grad_grad_k", "grad_grad_v", "grad_out", "q", "k", "v", "out", "lse", "scale")
+    with pytest.raises(RuntimeError, match=message) as error:
+        torch.ops.ganops.attention_double_backward_cpp(*(args[name] for name in names))
+    assert "ganops::attention_double_backward_cpp" in str(error.value)
 
 
 # GPU: the CUDA kernels of csrc/cuda/attention.cu, on the shapes that stress their tiling (tiles of 8 to 64

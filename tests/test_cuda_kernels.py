@@ -1,7 +1,8 @@
 """The CUDA attention kernels' own paths, called through the registered ops: the tensor-core kernels (fp16 and
 bf16, and fp32 as TF32 where torch allows it; one instantiation per head-dim bound: (16, 64), (64, 64),
-(64, 128)), the CUDA-core kernels (fp32 without TF32, fp64, and every dtype above the bounds), ragged tiles
-and spans that start off a 16-byte boundary (odd head dims). Skipped without a GPU; scripts/gpu_check.sh runs them."""
+(64, 128)), the CUDA-core kernels (fp32 without TF32, fp64, and every dtype above the bounds), the fused
+tensor-core double backward (Dqk <= 16, Dv <= 64) and its blockwise fallback, ragged tiles and spans that start off a
+16-byte boundary (odd head dims). Skipped without a GPU; scripts/gpu_check.sh runs them."""
 
 from __future__ import annotations
 
@@ -148,6 +149,87 @@ def test_public_attention_on_cpp_follows_allow_tf32_then_torchs_setting(argument
         assert TOLERANCE[torch.float32] < error < 2 * TOLERANCE[torch.float16], error
     else:
         assert error < 2 * TOLERANCE[torch.float32], error
+
+
+def double_backward_errors(ops, shape, dtype, allow_tf32=False) -> dict[str, float]:
+    """Relative errors of the CUDA op's double backward (grad of grad_out, q, k, v) against float64, each against
+    the largest result's norm."""
+    q, k, v, grad_out = inputs(shape, dtype)
+    grad_grad_q, grad_grad_k, grad_grad_v, _ = inputs(shape, dtype, seed=1)
+    scale = shape[3] ** -0.5
+    out, lse = ops.attention_cpp(q, k, v, scale, allow_tf32)
+    results = ops.attention_double_backward_cpp(
+        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale, allow_tf32
+    )
+    exact = [t.double() for t in (grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v)]
+    exact_out, exact_lse = reference.attention_forward(*exact[4:], scale)
+    expected = reference.attention_double_backward(*exact, exact_out, exact_lse, scale)
+    floor = max(e.norm().item() for e in expected)
+    errors = {}
+    for name, got, want, like in zip(("grad_grad_out", "grad_q", "grad_k", "grad_v"), results, expected,
+                                     (grad_out, q, k, v)):
+        assert got.dtype == dtype and got.shape == like.shape and got.is_contiguous()
+        errors[name] = relative_error(got.double(), want, floor)
+    return errors
+
+
+def kernels_run(function) -> set[str]:
+    """Names of the CUDA kernels that ``function()`` launches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        function()
+        torch.cuda.synchronize()
+    return {event.name for event in trace.events() if event.device_type == torch.autograd.DeviceType.CUDA}
+
+
+def runs_fused_double_backward(shape, dtype, allow_tf32) -> bool:
+    """Where the fused tensor-core double backward applies: fp16, bf16, fp32 with TF32; Dqk <= 16, Dv <= 64."""
+    _, _, _, qk_dim, v_dim = shape
+    tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
+    return tensor_cores and qk_dim <= 16 and v_dim <= 64
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tf32", [*TENSOR_CORE_CASES, (torch.float32, False), (torch.float64, False)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_attention_double_backward_matches_reference(shape, dtype, tf32):
+    """The fused tensor-core kernels where they apply (the profiler shows them), the blockwise composite of torch
+    ops elsewhere (torch's float32 matmuls held exact, so fp32 without TF32 meets fp32's tolerance)."""
+    ops = cuda_ops()
+    with tf32_matmuls(False):
+        errors = double_backward_errors(ops, shape, dtype, tf32)
+        launched = kernels_run(lambda: double_backward_errors(ops, shape, dtype, tf32))
+    fused = runs_fused_double_backward(shape, dtype, tf32)
+    assert any("double_backward_query_kernel" in name for name in launched) == fused, sorted(launched)
+    assert any("double_backward_key_kernel" in name for name in launched) == fused, sorted(launched)
+    tolerance = 2 * TOLERANCE[torch.float16 if dtype == torch.float32 and tf32 else dtype]
+    for name, error in errors.items():
+        assert error < tolerance, f"{name}: relative error {error:.3e} > {tolerance:.1e}"
+    if fused and dtype == torch.float32 and shape[2] >= 64:
+        # TF32 shows: the fused kernels' error is above fp32's, where the composite's exact matmuls stay within it.
+        assert errors["grad_q"] > TOLERANCE[torch.float32], errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tf32", TENSOR_CORE_CASES)
+def test_cuda_attention_double_backward_is_deterministic_and_finite(dtype, tf32):
+    """Partial tiles on both sides, odd head dims, and logits of ~1e2 (rows whose exp sums need the
+    normalisation by their computed sum)."""
+    ops = cuda_ops()
+    q, k, v, grad_out = inputs((3, 77, 129, 5, 7), dtype, seed=1)
+    q = q * 10
+    grad_grad = inputs((3, 77, 129, 5, 7), dtype, seed=2)[:3]
+    out, lse = ops.attention_cpp(q, k, v, 1.0, tf32)
+    runs = [ops.attention_double_backward_cpp(*grad_grad, grad_out, q, k, v, out, lse, 1.0, tf32) for _ in range(2)]
+    exact = [t.double() for t in (*grad_grad, grad_out, q, k, v)]
+    exact_out, exact_lse = reference.attention_forward(*exact[4:], 1.0)
+    expected = reference.attention_double_backward(*exact, exact_out, exact_lse, 1.0)
+    floor = max(e.norm().item() for e in expected)
+    for first, second, want in zip(*runs, expected):
+        assert torch.isfinite(first).all()
+        assert torch.equal(first, second)
+        assert relative_error(first.double(), want, floor) < 2 * TOLERANCE[torch.float16 if tf32 else dtype]
 
 
 def biggan_128_d_shapes() -> list[tuple[int, int]]:

@@ -31,6 +31,14 @@ def attention_backward_args(**changes):
     return list(args.values())
 
 
+def attention_double_backward_args(**changes):
+    grad_out, q, k, v, out, lse, scale = attention_backward_args()
+    args = {"grad_grad_q": torch.randn_like(q), "grad_grad_k": torch.randn_like(k), "grad_grad_v": torch.randn_like(v),
+            "grad_out": grad_out, "q": q, "k": k, "v": v, "out": out, "lse": lse, "scale": scale}
+    args.update(changes)
+    return list(args.values())
+
+
 def stddev_args(x=(4, 6, 2, 2), group_size=2, num_channels=3, eps=1e-8):
     return [torch.randn(x), group_size, num_channels, eps]
 
@@ -83,6 +91,11 @@ BAD_INPUTS = [
      "lse must have dtype Float"),
     ("attention_backward_cpp", lambda: attention_backward_args(grad_out=torch.randn(2, 3, 5)),
      r"grad_out must have shape \[B, Nq, Dv\]"),
+    ("attention_double_backward_cpp", lambda: attention_double_backward_args(grad_grad_k=torch.randn(2, 5, 3)),
+     r"grad_grad_k must have the shape of k \[B, Nk, Dqk\] = \[2, 5, 4\], got \[2, 5, 3\]"),
+    ("attention_double_backward_cpp",
+     lambda: attention_double_backward_args(grad_grad_v=torch.randn(2, 5, 6, dtype=torch.float64)),
+     r"grad_grad_v must have the dtype of q \(Float\)"),
     ("minibatch_stddev_cpp", lambda: stddev_args(x=(4, 6, 2)), r"x must have 4 dimensions \[N, C, H, W\]"),
     ("minibatch_stddev_cpp", lambda: stddev_args(x=(0, 6, 2, 2), group_size=1), "x must have no empty dimension"),
     ("minibatch_stddev_cpp", lambda: stddev_args(group_size=0), "group_size must be a positive int"),
@@ -152,6 +165,7 @@ BAD_INPUTS = [
 VALID_INPUTS = {
     "attention_cpp": attention_args,
     "attention_backward_cpp": attention_backward_args,
+    "attention_double_backward_cpp": attention_double_backward_args,
     "minibatch_stddev_cpp": stddev_args,
     "minibatch_stddev_backward_cpp": stddev_backward_args,
     "minibatch_stddev_double_backward_cpp": stddev_double_backward_args,

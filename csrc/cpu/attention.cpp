@@ -14,10 +14,15 @@
 // Half and bfloat16 inputs are converted to float32 once (O(N) memory) and all arithmetic is in
 // float32 (float64 for float64 inputs). The split into tasks, and so each task's summation order, does
 // not depend on the thread count.
+//
+// The double backward (formulas in ganops/reference/attention.py) is attention_double_backward_blockwise, a
+// composite of ATen ops defined here for every device: the CUDA binding falls back to it where its fused kernels
+// do not apply.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -280,6 +285,7 @@ void backward_kernel(
 
 constexpr const char* kForwardOp = "ganops::attention_cpp";
 constexpr const char* kBackwardOp = "ganops::attention_backward_cpp";
+constexpr const char* kDoubleBackwardOp = "ganops::attention_double_backward_cpp";
 
 // allow_tf32 (fp32 on a GPU's tensor cores) has no meaning on the CPU: every product is exact.
 std::tuple<at::Tensor, at::Tensor> attention_cpu(
@@ -317,11 +323,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   return {grad_q.to(dtype), grad_k.to(dtype), grad_v.to(dtype)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_double_backward_cpu(
+    const at::Tensor& grad_grad_q, const at::Tensor& grad_grad_k, const at::Tensor& grad_grad_v,
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, double scale, bool /*allow_tf32*/) {
+  check_attention_double_backward_inputs(
+      kDoubleBackwardOp, grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale);
+  return attention_double_backward_blockwise(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, lse, scale);
+}
+
+// Query rows per block of the double backward, as the reference's DEFAULT_BLOCK: enough rows for the batched
+// matmuls to run at full speed on a CPU or GPU, few enough that its ten or so live [B, block, Nk] tiles stay small
+// next to the inputs at GAN sizes (Nk <= 4096).
+constexpr int64_t kDoubleBackwardQueryBlock = 256;
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_double_backward_blockwise(
+    const at::Tensor& grad_grad_q, const at::Tensor& grad_grad_k, const at::Tensor& grad_grad_v,
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lse,
+    double scale) {
+  // Under torch.autocast the op's kernel still sees autocast enabled, which would run the matmuls below in the
+  // autocast dtype: the composite computes in the accumulation dtype whatever the caller's autocast state.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto acc_dtype = accumulate_dtype(q.scalar_type());
+  const auto in_acc = [&](const at::Tensor& t) { return t.to(acc_dtype); };
+  const at::Tensor qc = in_acc(q), kc = in_acc(k), vc = in_acc(v), doc = in_acc(grad_out);
+  const at::Tensor uq = in_acc(grad_grad_q), uk = in_acc(grad_grad_k), uv = in_acc(grad_grad_v);
+  const at::Tensor k_t = kc.transpose(1, 2), v_t = vc.transpose(1, 2);
+  const at::Tensor uk_t = uk.transpose(1, 2), uv_t = uv.transpose(1, 2);
+  auto grad_grad_out = at::empty({q.size(0), q.size(1), v.size(2)}, vc.options());
+  auto grad_q = at::empty_like(qc);
+  auto grad_k = at::zeros_like(kc);
+  auto grad_v = at::zeros_like(vc);
+  const int64_t queries = q.size(1);
+  for (int64_t row0 = 0; row0 < queries; row0 += kDoubleBackwardQueryBlock) {
+    const int64_t rows = std::min(kDoubleBackwardQueryBlock, queries - row0);
+    const at::Tensor q_b = qc.narrow(1, row0, rows), do_b = doc.narrow(1, row0, rows);
+    const at::Tensor uq_b = uq.narrow(1, row0, rows);
+    // P from the saved lse rather than a softmax: lse_i >= max_j S_ij up to the forward's rounding, so
+    // exp(S - lse) cannot overflow and needs no max pass, and S - lse is one baddbmm. Dividing by the row sums
+    // then removes that rounding (eps * |S|, more where the forward's products were TF32), a factor common to
+    // the row that the double backward would multiply by R: the rows of P sum to 1, as the reference's softmax's.
+    auto p = at::baddbmm(lse.narrow(1, row0, rows).unsqueeze(-1), q_b, k_t, /*beta=*/-1, /*alpha=*/scale).exp_();
+    p.div_(p.sum(-1, /*keepdim=*/true));
+    auto dp = at::bmm(do_b, v_t);
+    // Delta from P and dP rather than rowsum(grad_out * out): consistent with this P, and free of the rounding of
+    // a half-precision out.
+    const auto delta = (p * dp).sum(-1, /*keepdim=*/true);
+    auto r = at::bmm(uq_b, k_t).baddbmm_(q_b, uk_t).mul_(scale);
+    auto w = at::bmm(do_b, uv_t);
+    const auto p_r = p * r;
+    const auto rho = p_r.sum(-1, /*keepdim=*/true);
+    const auto gamma = (p_r * dp + p * w).sum(-1, /*keepdim=*/true) - 2 * rho * delta;
+    const auto dp_centered = dp - delta;
+    const auto ds = p * dp_centered;
+    const auto t = p * (r - rho);
+    // dS2 = P * (R * (dP - Delta) - rho * dP + W - gamma), in place in r: R, dP and W are not needed again.
+    const auto ds2 = r.mul_(dp_centered).sub_(dp.mul_(rho)).add_(w).sub_(gamma).mul_(p);
+    grad_grad_out.narrow(1, row0, rows).copy_(at::bmm(t, vc).baddbmm_(p, uv));
+    grad_q.narrow(1, row0, rows).copy_(at::bmm(ds, uk).baddbmm_(ds2, kc).mul_(scale));
+    grad_k.baddbmm_(ds.transpose(1, 2), uq_b, /*beta=*/1, /*alpha=*/scale)
+        .baddbmm_(ds2.transpose(1, 2), q_b, /*beta=*/1, /*alpha=*/scale);
+    grad_v.baddbmm_(t.transpose(1, 2), do_b);
+  }
+  return {
+      grad_grad_out.to(grad_out.scalar_type()), grad_q.to(q.scalar_type()), grad_k.to(k.scalar_type()),
+      grad_v.to(v.scalar_type())};
+}
 
 TORCH_LIBRARY_IMPL(ganops, CPU, m) {
   m.impl("attention_cpp", &attention_cpu);
   m.impl("attention_backward_cpp", &attention_backward_cpu);
+  m.impl("attention_double_backward_cpp", &attention_double_backward_cpu);
 }
 
 }  // namespace ganops

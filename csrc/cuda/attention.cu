@@ -7,7 +7,9 @@
 //   with inline PTX rather than on CuTe/CUTLASS: the kernels need a few fragment maps (attention_mma.cuh) and
 //   a handful of PTX instructions, which a CPU test can check lane by lane, where CuTe's layouts would add a
 //   pinned header-only dependency whose layout algebra no test here can run. wgmma (sm_90) is not used:
-//   mma.sync runs on sm_90 too, at a lower peak.
+//   mma.sync runs on sm_90 too, at a lower peak. The double backward has tensor-core kernels of the same
+//   structure for Dqk <= 16, Dv <= 64 (SAGAN's and BigGAN-128's heads); elsewhere, and in the CUDA-core cases,
+//   the binding computes it as a blockwise composite of torch ops.
 // * CUDA cores (fp32 without TF32, fp64, and the others on older GPUs or larger head dims), exact FFMA in
 //   acc_type:
 //   - forward: one block per (batch, tile of queries); the scaled query tile stays in shared memory while
@@ -28,6 +30,8 @@
 #include "attention.h"
 
 #include <math.h>
+
+#include <algorithm>
 
 #include <mutex>
 #include <set>
@@ -1009,6 +1013,379 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Double backward on the tensor cores: the gradients of the backward (grad_q, grad_k, grad_v) with respect to
+// (grad_out, q, k, v), contracted with their incoming gradients Uq, Uk, Uv (grad_grad_q, _k, _v). Per query i and
+// key j, with P = softmax(scale q k^T), dP = dO V^T, R = scale (Uq K^T + Q Uk^T), W = dO Uv^T and the row
+// statistics Delta = sum_j P dP, rho = sum_j P R, gamma = sum_j P (R dP + W) - 2 rho Delta (the formulas of
+// ganops/reference/attention.py):
+//   grad dO = (P * (R - rho)) V + P Uv,  grad q = scale (dS Uk + dS2 K),
+//   grad k = scale (dS^T Uq + dS2^T Q),  grad v = (P * (R - rho))^T dO,
+// with dS = P (dP - Delta) and dS2 = P (R (dP - Delta) - rho dP + W - gamma). As in triton_kernels/attention.py,
+// two kernels and no atomics: the query side makes two passes over the keys (the statistics, then grad dO and
+// grad q) and stores the statistics; the key side then makes one pass over the queries with the score tiles
+// transposed ([key][query]). The statistics are computed from P and dP in float rather than from the rounded
+// output, and P's rows are divided by their computed sum (lse corrected by its log), so that they sum to 1 up to
+// rounding: the double backward multiplies a row sum's defect by |R| |q|.
+//
+// A step holds three 16 x 64 score tiles a warp at a time (P, R and one product operand, into which dP and then W
+// are computed). The kernels are instantiated for the first head bounds only, (16, 64) (see
+// tensor_core_double_backward): with (64, 128) the accumulators and score tiles would not fit the registers.
+
+// The value of a shared element of T, stored as its bit pattern.
+template <typename T>
+__device__ __forceinline__ float stored_value(Storage<T> bits_value);
+template <>
+__device__ __forceinline__ float stored_value<__half>(uint16_t bits_value) {
+  return __half2float(__ushort_as_half(bits_value));
+}
+template <>
+__device__ __forceinline__ float stored_value<__nv_bfloat16>(uint16_t bits_value) {
+  return __bfloat162float(__ushort_as_bfloat16(bits_value));
+}
+template <>
+__device__ __forceinline__ float stored_value<float>(uint32_t bits_value) {
+  return __uint_as_float(bits_value);
+}
+
+// The per-query statistics the query side hands to the key side, in a float workspace of 4 B Nq: lse of the
+// normalised P in log2 units, then Delta, rho and gamma.
+constexpr int kDoubleBackwardStats = 4;
+
+// Query side: the owned q, uq (Dqk) and dO (Dv) tiles and two buffers each of the streamed k, uk (Dqk) and v, uv
+// (Dv), carved with the Dqk tiles first. Key side: the owned k, uk, v, uv tiles, two buffers each of the streamed
+// q, uq and dO, and two buffers of the four statistics per streamed query.
+template <typename E>
+__host__ __device__ constexpr int64_t double_backward_query_shared_bytes(int64_t qk_dim, int64_t v_dim) {
+  return int64_t(sizeof(E)) * (6 * tile_elements<E>(qk_dim) + 5 * tile_elements<E>(v_dim));
+}
+template <typename E>
+__host__ __device__ constexpr int64_t double_backward_key_shared_bytes(int64_t qk_dim, int64_t v_dim) {
+  return int64_t(sizeof(E)) * (6 * tile_elements<E>(qk_dim) + 4 * tile_elements<E>(v_dim)) +
+      2 * kDoubleBackwardStats * kTileCols * int64_t(sizeof(float));
+}
+
+// Runs body(buffer, count) for each tile of 64 streamed rows of `total`, with the next tile's copy (fill(buffer,
+// row0, count), committed here) running under this tile's math. The first tile's copy must be committed into
+// buffer 0 before the call; every warp is done with a tile's buffers before they are refilled.
+template <typename Fill, typename Body>
+__device__ __forceinline__ void stream_tiles(int64_t total, const Fill& fill, const Body& body) {
+  int buffer = 0;
+  int count = static_cast<int>(min(int64_t(kTileCols), total));
+  for (int64_t row0 = 0; row0 < total; row0 += kTileCols) {
+    const int64_t next0 = row0 + kTileCols;
+    int next_count = 0;
+    if (next0 < total) {
+      next_count = static_cast<int>(min(int64_t(kTileCols), total - next0));
+      fill(buffer ^ 1, next0, next_count);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(buffer, count);
+    __syncthreads();
+    count = next_count;
+    buffer ^= 1;
+  }
+}
+
+// grad dO and grad q for one (batch, tile of 64 queries), and the statistics of these queries.
+template <typename T, int kMaxQk, int kMaxV>
+__global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
+    const T* __restrict__ grad_grad_q, const T* __restrict__ grad_grad_k, const T* __restrict__ grad_grad_v,
+    const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, float* __restrict__ stats, T* __restrict__ grad_grad_out, T* __restrict__ grad_q,
+    AttentionShape s, float scale, float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using E = Storage<T>;
+  constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
+  TensorCoreOps<T> ops;
+  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
+  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
+  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
+  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
+  const int64_t tiles = ceil_div(s.queries, kTileRows);
+  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
+  const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
+
+  E* q_buffer = shared_buffer<E>();
+  E* uq_buffer = q_buffer + tile_elements<E>(qk_dim);
+  const BufferPair<E> k_buffers{uq_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
+  const BufferPair<E> uk_buffers{k_buffers.end(), tile_elements<E>(qk_dim)};
+  E* go_buffer = uk_buffers.end();
+  const BufferPair<E> v_buffers{go_buffer + tile_elements<E>(v_dim), tile_elements<E>(v_dim)};
+  const BufferPair<E> uv_buffers{v_buffers.end(), tile_elements<E>(v_dim)};
+  zero_padding(q_buffer, 6, qk_dim, qk_stride);
+  zero_padding(go_buffer, 5, v_dim, v_stride);
+
+  const int64_t first = b * s.queries + row0;
+  const TileSource<E> q_source = tile_source(bits(q), b * s.queries, qk_dim);
+  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), b * s.queries, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), b * s.queries, v_dim);
+  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
+  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), b * s.keys, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
+  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), b * s.keys, v_dim);
+  const auto fill_keys = [&](int buffer, int64_t key0, int count) {
+    fill_tile_async(k_buffers[buffer], k_source, key0, count);
+    fill_tile_async(uk_buffers[buffer], uk_source, key0, count);
+    fill_tile_async(v_buffers[buffer], v_source, key0, count);
+    fill_tile_async(uv_buffers[buffer], uv_source, key0, count);
+  };
+  fill_tile_async(q_buffer, q_source, row0, rows);
+  fill_tile_async(uq_buffer, uq_source, row0, rows);
+  fill_tile_async(go_buffer, go_source, row0, rows);
+  fill_keys(0, 0, static_cast<int>(min(int64_t(kTileCols), s.keys)));
+  cp_async_commit();
+
+  // Per row of the thread (group and group + 8), in the log2 units of fast_exp2.
+  float row_lse[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = warp_row0 + layout::c_row(lane, 2 * h);
+    row_lse[h] = row < rows ? lse[first + row] * kLog2e : 0.0f;
+  }
+  const Tile<E> q_tile{q_buffer, qk_stride}, uq_tile{uq_buffer, qk_stride}, go_tile{go_buffer, v_stride};
+
+  // Pass 1: the row sums of P, P dP, P R and P R dP (this thread's columns; the quad's are added after), and
+  // P Uv, which is also grad dO's second term.
+  float row_sum[2] = {}, delta[2] = {}, rho[2] = {}, weighted[2] = {};
+  float grad_do[kMaxVTiles][4] = {};
+  stream_tiles(s.keys, fill_keys, [&](int buffer, int cols) {
+    const Tile<E> k_tile{k_buffers[buffer], qk_stride}, uk_tile{uk_buffers[buffer], qk_stride};
+    float p[kColTiles][4], dp[kColTiles][4], r[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
+    layout::scores<kMaxVSteps>(dp, go_tile, warp_row0, Tile<E>{v_buffers[buffer], v_stride}, v_steps, lane, ops);
+    layout::scores<kMaxQkSteps>(r, uq_tile, warp_row0, k_tile, qk_steps, lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, warp_row0, uk_tile, qk_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int h = i >> 1;
+        const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
+        const float prob = key ? fast_exp2(p[nt][i] * scale_log2 - row_lse[h]) : 0.0f;
+        const float weight = prob * r[nt][i] * scale;
+        row_sum[h] += prob;
+        delta[h] += prob * dp[nt][i];
+        rho[h] += weight;
+        weighted[h] += weight * dp[nt][i];
+        p[nt][i] = prob;
+      }
+    }
+    layout::accumulate_product<kMaxVTiles>(grad_do, p, Tile<E>{uv_buffers[buffer], v_stride}, v_tiles, lane, ops);
+  });
+  // Pass 2 streams the keys again; its first copy runs under the statistics' arithmetic.
+  fill_keys(0, 0, static_cast<int>(min(int64_t(kTileCols), s.keys)));
+  cp_async_commit();
+
+  float inverse[2], gamma[2], go_puv[2] = {};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = warp_row0 + layout::c_row(lane, 2 * h);
+    // A row past the tensor's end has no output; its sum only must not be 0.
+    const float sum = row < rows ? quad_sum(row_sum[h]) : 1.0f;
+    inverse[h] = 1.0f / sum;
+    row_lse[h] += log2f(sum);
+    delta[h] = quad_sum(delta[h]) * inverse[h];
+    rho[h] = quad_sum(rho[h]) * inverse[h];
+    weighted[h] = quad_sum(weighted[h]) * inverse[h];
+  }
+#pragma unroll
+  for (int dt = 0; dt < kMaxVTiles; ++dt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i >> 1, col = dt * layout::kN + layout::c_col(lane, i);
+      grad_do[dt][i] *= inverse[h];
+      if (col < v_dim) {
+        go_puv[h] += stored_value<T>(*go_tile.at(warp_row0 + layout::c_row(lane, i), col)) * grad_do[dt][i];
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    // sum_j P W = dO . (P Uv).
+    gamma[h] = weighted[h] - 2.0f * rho[h] * delta[h] + quad_sum(go_puv[h]);
+    const int row = warp_row0 + layout::c_row(lane, 2 * h);
+    if (layout::quad_of(lane) == 0 && row < rows) {
+      const int64_t count = s.batch * s.queries;
+      const float values[kDoubleBackwardStats] = {row_lse[h], delta[h], rho[h], gamma[h]};
+#pragma unroll
+      for (int j = 0; j < kDoubleBackwardStats; ++j) {
+        stats[j * count + first + row] = values[j];
+      }
+    }
+  }
+
+  // Pass 2: grad dO += (P * (R - rho)) V and grad q = scale (dS Uk + dS2 K).
+  float grad_q_acc[kMaxQkTiles][4] = {};
+  stream_tiles(s.keys, fill_keys, [&](int buffer, int cols) {
+    const Tile<E> k_tile{k_buffers[buffer], qk_stride}, uk_tile{uk_buffers[buffer], qk_stride};
+    // Three score tiles live at a time: dP is computed after the first product, into the operand's registers.
+    float p[kColTiles][4], r[kColTiles][4], x[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
+    layout::scores<kMaxQkSteps>(r, uq_tile, warp_row0, k_tile, qk_steps, lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, warp_row0, uk_tile, qk_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int h = i >> 1;
+        const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
+        p[nt][i] = key ? fast_exp2(p[nt][i] * scale_log2 - row_lse[h]) : 0.0f;
+        r[nt][i] *= scale;
+        x[nt][i] = p[nt][i] * (r[nt][i] - rho[h]);
+      }
+    }
+    layout::accumulate_product<kMaxVTiles>(grad_do, x, Tile<E>{v_buffers[buffer], v_stride}, v_tiles, lane, ops);
+    layout::scores<kMaxVSteps>(x, go_tile, warp_row0, Tile<E>{v_buffers[buffer], v_stride}, v_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int h = i >> 1;
+        const float dp = x[nt][i], shifted = dp - delta[h];
+        // R (dP - Delta) - rho dP - gamma: dS2 / P without its W term.
+        r[nt][i] = r[nt][i] * shifted - rho[h] * dp - gamma[h];
+        x[nt][i] = p[nt][i] * shifted;
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, uk_tile, qk_tiles, lane, ops);
+    layout::scores<kMaxVSteps>(x, go_tile, warp_row0, Tile<E>{uv_buffers[buffer], v_stride}, v_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        x[nt][i] = p[nt][i] * (r[nt][i] + x[nt][i]);
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, k_tile, qk_tiles, lane, ops);
+  });
+  store_tile<T, kMaxVTiles>(grad_grad_out + first * v_dim, v_dim, warp_row0, rows, grad_do, 1.0f, 1.0f, lane);
+  store_tile<T, kMaxQkTiles>(grad_q + first * qk_dim, qk_dim, warp_row0, rows, grad_q_acc, scale, scale, lane);
+#endif
+}
+
+// grad k and grad v for one (batch, tile of 64 keys), over all query tiles, with the score tiles transposed
+// ([key][query]) and the query side's statistics.
+template <typename T, int kMaxQk, int kMaxV>
+__global__ void __launch_bounds__(kThreads) double_backward_key_kernel(
+    const T* __restrict__ grad_grad_q, const T* __restrict__ grad_grad_k, const T* __restrict__ grad_grad_v,
+    const T* __restrict__ grad_out, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ stats, T* __restrict__ grad_k, T* __restrict__ grad_v, AttentionShape s, float scale,
+    float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using E = Storage<T>;
+  constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
+  constexpr int kMaxVSteps = kMaxV / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
+  TensorCoreOps<T> ops;
+  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
+  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
+  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
+  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
+  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
+  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
+  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
+  const int64_t tiles = ceil_div(s.keys, kTileRows);
+  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
+  const int rows = static_cast<int>(min(int64_t(kTileRows), s.keys - row0));
+
+  E* k_buffer = shared_buffer<E>();
+  E* uk_buffer = k_buffer + tile_elements<E>(qk_dim);
+  const BufferPair<E> q_buffers{uk_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
+  const BufferPair<E> uq_buffers{q_buffers.end(), tile_elements<E>(qk_dim)};
+  E* v_buffer = uq_buffers.end();
+  E* uv_buffer = v_buffer + tile_elements<E>(v_dim);
+  const BufferPair<E> go_buffers{uv_buffer + tile_elements<E>(v_dim), tile_elements<E>(v_dim)};
+  const BufferPair<float> stat_buffers{
+      reinterpret_cast<float*>(go_buffers.end()), kDoubleBackwardStats * kTileCols};
+  zero_padding(k_buffer, 6, qk_dim, qk_stride);
+  zero_padding(v_buffer, 4, v_dim, v_stride);
+
+  const int64_t first = b * s.keys + row0;
+  const int64_t q_first = b * s.queries, stat_count = s.batch * s.queries;
+  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
+  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), b * s.keys, qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
+  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), b * s.keys, v_dim);
+  const TileSource<E> q_source = tile_source(bits(q), q_first, qk_dim);
+  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), q_first, qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), q_first, v_dim);
+  // The statistics are few (4 floats a query): plain loads into shared memory, visible after the barrier.
+  const auto fill_queries = [&](int buffer, int64_t query0, int count) {
+    fill_tile_async(q_buffers[buffer], q_source, query0, count);
+    fill_tile_async(uq_buffers[buffer], uq_source, query0, count);
+    fill_tile_async(go_buffers[buffer], go_source, query0, count);
+    for (int e = threadIdx.x; e < kDoubleBackwardStats * kTileCols; e += kThreads) {
+      const int j = e / kTileCols, i = e - j * kTileCols;
+      stat_buffers[buffer][e] = i < count ? stats[j * stat_count + q_first + query0 + i] : 0.0f;
+    }
+  };
+  fill_tile_async(k_buffer, k_source, row0, rows);
+  fill_tile_async(uk_buffer, uk_source, row0, rows);
+  fill_tile_async(v_buffer, v_source, row0, rows);
+  fill_tile_async(uv_buffer, uv_source, row0, rows);
+  fill_queries(0, 0, static_cast<int>(min(int64_t(kTileCols), s.queries)));
+  cp_async_commit();
+
+  const Tile<E> k_tile{k_buffer, qk_stride}, uk_tile{uk_buffer, qk_stride};
+  const Tile<E> v_tile{v_buffer, v_stride}, uv_tile{uv_buffer, v_stride};
+  float grad_k_acc[kMaxQkTiles][4] = {}, grad_v_acc[kMaxVTiles][4] = {};
+  stream_tiles(s.queries, fill_queries, [&](int buffer, int cols) {
+    const Tile<E> q_tile{q_buffers[buffer], qk_stride}, uq_tile{uq_buffers[buffer], qk_stride};
+    const Tile<E> go_tile{go_buffers[buffer], v_stride};
+    const float* col_lse = stat_buffers[buffer];
+    const float* col_delta = col_lse + kTileCols;
+    const float* col_rho = col_delta + kTileCols;
+    const float* col_gamma = col_rho + kTileCols;
+    float p[kColTiles][4], r[kColTiles][4], x[kColTiles][4];
+    layout::scores<kMaxQkSteps>(p, k_tile, warp_row0, q_tile, qk_steps, lane, ops);
+    layout::scores<kMaxQkSteps>(r, k_tile, warp_row0, uq_tile, qk_steps, lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, uk_tile, warp_row0, q_tile, qk_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = nt * layout::kN + layout::c_col(lane, i);
+        p[nt][i] = col < cols ? fast_exp2(p[nt][i] * scale_log2 - col_lse[col]) : 0.0f;
+        r[nt][i] *= scale;
+        x[nt][i] = p[nt][i] * (r[nt][i] - col_rho[col]);
+      }
+    }
+    layout::accumulate_product<kMaxVTiles>(grad_v_acc, x, go_tile, v_tiles, lane, ops);
+    layout::scores<kMaxVSteps>(x, v_tile, warp_row0, go_tile, v_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = nt * layout::kN + layout::c_col(lane, i);
+        const float dp = x[nt][i], shifted = dp - col_delta[col];
+        r[nt][i] = r[nt][i] * shifted - col_rho[col] * dp - col_gamma[col];
+        x[nt][i] = p[nt][i] * shifted;
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, uq_tile, qk_tiles, lane, ops);
+    layout::scores<kMaxVSteps>(x, uv_tile, warp_row0, go_tile, v_steps, lane, ops);
+#pragma unroll
+    for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        x[nt][i] = p[nt][i] * (r[nt][i] + x[nt][i]);
+      }
+    }
+    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, q_tile, qk_tiles, lane, ops);
+  });
+  store_tile<T, kMaxQkTiles>(grad_k + first * qk_dim, qk_dim, warp_row0, rows, grad_k_acc, scale, scale, lane);
+  store_tile<T, kMaxVTiles>(grad_v + first * v_dim, v_dim, warp_row0, rows, grad_v_acc, 1.0f, 1.0f, lane);
+#endif
+}
+
 }  // namespace tc
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1140,6 +1517,34 @@ AttentionLaunch tensor_core_backward(
   return {error};
 }
 
+// The double backward has one instantiation, for the first head bounds, (16, 64), which hold SAGAN's and
+// BigGAN-128's heads (see tc::HeadBounds): with (64, 64) as well, the CUDA compile of CI would take twice as
+// long, for shapes no GAN of the benchmarks has, and its TF32 query kernel spills 124-192 B.
+template <typename T>
+cudaError_t tensor_core_double_backward(
+    const T* grad_grad_q, const T* grad_grad_k, const T* grad_grad_v, const T* grad_out, const T* q, const T* k,
+    const T* v, const float* lse, float* stats, T* grad_grad_out, T* grad_q, T* grad_k, T* grad_v,
+    const AttentionShape& shape, double scale, const DeviceInfo& info, cudaStream_t stream) {
+  using E = tc::Storage<T>;
+  const float acc_scale = static_cast<float>(scale);
+  const float scale_log2 = acc_scale * tc::kLog2e;
+  constexpr int kQk = tc::kHeadBounds[0].qk, kV = tc::kHeadBounds[0].v;
+  cudaError_t error = launch(
+      tc::double_backward_query_kernel<T, kQk, kV>, info,
+      shape.batch * ceil_div(shape.queries, tc::kTileRows),
+      static_cast<size_t>(tc::double_backward_query_shared_bytes<E>(shape.qk_dim, shape.v_dim)), stream, grad_grad_q,
+      grad_grad_k, grad_grad_v, grad_out, q, k, v, lse, stats, grad_grad_out, grad_q, shape, acc_scale, scale_log2);
+  if (error == cudaSuccess) {
+    error = launch(
+        tc::double_backward_key_kernel<T, kQk, kV>, info,
+        shape.batch * ceil_div(shape.keys, tc::kTileRows),
+        static_cast<size_t>(tc::double_backward_key_shared_bytes<E>(shape.qk_dim, shape.v_dim)), stream,
+        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, static_cast<const float*>(stats), grad_k, grad_v,
+        shape, acc_scale, scale_log2);
+  }
+  return error;
+}
+
 #undef GANOPS_TC_KERNEL
 
 }  // namespace
@@ -1231,11 +1636,45 @@ AttentionLaunch attention_backward(
   return {error};
 }
 
+template <typename T>
+DoubleBackwardLaunch attention_double_backward(
+    const T* grad_grad_q, const T* grad_grad_k, const T* grad_grad_v, const T* grad_out, const T* q, const T* k,
+    const T* v, const acc_type<T>* lse, float* stats_workspace, T* grad_grad_out, T* grad_q, T* grad_k, T* grad_v,
+    const AttentionShape& shape, double scale, bool allow_tf32, cudaStream_t stream) {
+  if constexpr (kHalfPrecision<T> || std::is_same<T, float>::value) {
+    if (!tensor_cores_allowed<T>(allow_tf32)) {
+      return {};
+    }
+    DeviceInfo info;
+    const cudaError_t error = current_device_info(&info);
+    if (error != cudaSuccess) {
+      return {error, false};
+    }
+    using E = tc::Storage<T>;
+    const int64_t shared_bytes = std::max(
+        tc::double_backward_query_shared_bytes<E>(shape.qk_dim, shape.v_dim),
+        tc::double_backward_key_shared_bytes<E>(shape.qk_dim, shape.v_dim));
+    if (tensor_core_bounds(shape, info, shared_bytes) != 0) {
+      return {};
+    }
+    return {
+        tensor_core_double_backward(
+            grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, lse, stats_workspace, grad_grad_out, grad_q,
+            grad_k, grad_v, shape, scale, info, stream),
+        true};
+  } else {
+    return {};
+  }
+}
+
 #define GANOPS_INSTANTIATE_ATTENTION(T)                                                                            \
   template AttentionLaunch attention_forward<T>(                                                                   \
       const T*, const T*, const T*, T*, acc_type<T>*, const AttentionShape&, double, bool, cudaStream_t);          \
   template AttentionLaunch attention_backward<T>(                                                                  \
       const T*, const T*, const T*, const T*, const T*, const acc_type<T>*, acc_type<T>*, T*, T*,                  \
+      T*, const AttentionShape&, double, bool, cudaStream_t);                                                   \
+  template DoubleBackwardLaunch attention_double_backward<T>(                                                      \
+      const T*, const T*, const T*, const T*, const T*, const T*, const T*, const acc_type<T>*, float*, T*, T*, T*, \
       T*, const AttentionShape&, double, bool, cudaStream_t);
 
 GANOPS_INSTANTIATE_ATTENTION(double)

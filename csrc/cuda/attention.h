@@ -43,5 +43,23 @@ AttentionLaunch attention_backward(
     acc_type<T>* delta_workspace, T* grad_q, T* grad_k, T* grad_v, const AttentionShape& shape, double scale,
     bool allow_tf32, cudaStream_t stream);
 
+// Whether the fused double-backward kernels ran, and the launch error. They run on the tensor cores only (fp16,
+// bf16, and fp32 as TF32 when allow_tf32 is set; sm_80 or later; Dqk <= 16 and Dv <= 64, which hold SAGAN's and
+// BigGAN-128's heads); otherwise nothing is launched (launched = false) and the caller computes the double
+// backward another way.
+struct DoubleBackwardLaunch {
+  cudaError_t error = cudaSuccess;
+  bool launched = false;
+};
+
+// The gradients of attention_backward with respect to (grad_out, q, k, v), contracted with grad_grad_q,
+// grad_grad_k, grad_grad_v (each shaped as q, k, v): grad_grad_out [B, Nq, Dv], grad_q, grad_k, grad_v.
+// stats_workspace holds 4 B Nq floats: per-query statistics passed from the first kernel to the second.
+template <typename T>
+DoubleBackwardLaunch attention_double_backward(
+    const T* grad_grad_q, const T* grad_grad_k, const T* grad_grad_v, const T* grad_out, const T* q, const T* k,
+    const T* v, const acc_type<T>* lse, float* stats_workspace, T* grad_grad_out, T* grad_q, T* grad_k, T* grad_v,
+    const AttentionShape& shape, double scale, bool allow_tf32, cudaStream_t stream);
+
 }  // namespace cuda_kernels
 }  // namespace ganops

@@ -115,18 +115,13 @@ struct Tile {
 // for tf32 load_b(const uint32_t*) -> uint32_t (one shared element as a tf32 operand) and round(float) ->
 // uint32_t. The tf32 ops round what ldmatrix loads to tf32 themselves.
 
-// s = R C^T for the warp's 16 rows row0.. of `rows_tile` and the kTileCols rows of `cols_tile` (both [*, dim],
+// s += R C^T for the warp's 16 rows row0.. of `rows_tile` and the kTileCols rows of `cols_tile` (both [*, dim],
 // `steps` = ceil(dim / kStep<E>) <= kMaxSteps): s[nt] is the C tile of columns 8 nt ...
 GANOPS_EXEC_CHECK_DISABLE
 template <int kMaxSteps, typename E, typename Ops>
-GANOPS_HOST_DEVICE void scores(
+GANOPS_HOST_DEVICE void accumulate_scores(
     float (&s)[kColTiles][4], const Tile<E>& rows_tile, int row0, const Tile<E>& cols_tile, int steps, int lane,
     Ops& ops) {
-  for (int nt = 0; nt < kColTiles; ++nt) {
-    for (int i = 0; i < 4; ++i) {
-      s[nt][i] = 0.0f;
-    }
-  }
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -146,6 +141,20 @@ GANOPS_HOST_DEVICE void scores(
       }
     }
   }
+}
+
+// s = R C^T (accumulate_scores into zeros).
+GANOPS_EXEC_CHECK_DISABLE
+template <int kMaxSteps, typename E, typename Ops>
+GANOPS_HOST_DEVICE void scores(
+    float (&s)[kColTiles][4], const Tile<E>& rows_tile, int row0, const Tile<E>& cols_tile, int steps, int lane,
+    Ops& ops) {
+  for (int nt = 0; nt < kColTiles; ++nt) {
+    for (int i = 0; i < 4; ++i) {
+      s[nt][i] = 0.0f;
+    }
+  }
+  accumulate_scores<kMaxSteps>(s, rows_tile, row0, cols_tile, steps, lane, ops);
 }
 
 // The A fragment of k-step `step` of a 16 x kTileCols accumulator tile, rounded to the element type (16-bit:

@@ -8,8 +8,10 @@ Each backend is a chain of three ops, each the gradient of the one before:
   is saved for the backward and is not differentiable;
 * ``attention_backward_<b>(grad_out, q, k, v, out, lse, scale, ...) -> (grad_q, grad_k, grad_v)``;
 * a double backward ``(gg_q, gg_k, gg_v, grad_out, q, k, v, out, lse, scale, ...) -> (grad of grad_out,
-  grad_q, grad_k, grad_v)``: the Triton kernels for ``triton``; for ``cpp`` the blockwise reference
-  (``attention_double_backward_blockwise``), which is O(N) in memory as well.
+  grad_q, grad_k, grad_v)``: the Triton kernels for ``triton``; for ``cpp`` the compiled op
+  ``attention_double_backward_cpp``, which on a GPU runs fused tensor-core kernels for float16/bfloat16, and
+  for float32 when ``allow_tf32`` is true, with ``Dqk <= 16`` and ``Dv <= 64`` (sm_80 or later), and otherwise
+  a blockwise composite of torch matmuls (O(N) memory as well) that follows torch's float32 matmul setting.
 
 ``out`` and ``lse`` enter the backward ops only as cached functions of ``(q, k, v)``: the gradient of a
 backward op is its full derivative with respect to ``(grad_out, q, k, v)`` and nothing flows through ``out``
@@ -129,20 +131,6 @@ def _triton_double_backward(
     )
 
 
-@torch.library.custom_op("ganops::attention_double_backward_blockwise", mutates_args=())
-def _blockwise_double_backward(
-    grad_grad_q: Tensor, grad_grad_k: Tensor, grad_grad_v: Tensor,
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, allow_tf32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The cpp chain's double backward: torch matmuls, which follow torch's float32 matmul setting whatever
-    ``allow_tf32`` (the chain's attribute, taken so that every op of the chain has the same ones) says."""
-    _check_op_arguments(q, k, v, scale)
-    results = reference.attention_double_backward(
-        grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale
-    )
-    return tuple(result.contiguous() for result in results)
-
-
 def _third_order_vjp(saved: tuple[Tensor, ...], attributes: tuple, grads: tuple[Tensor, ...]):
     _, vjp = torch.func.vjp(
         lambda *tensors: reference.attention_double_backward_from_inputs(*tensors, attributes[0]), *saved
@@ -186,13 +174,15 @@ def _register(suffix: str, double_backward_name: str, contiguous: bool) -> None:
 
 
 def cpp_ops_available() -> bool:
-    """Whether the compiled extension has the attention kernels (an extension built before them has not)."""
-    return _extension.is_loaded() and hasattr(torch.ops.ganops, "attention_cpp")
+    """Whether the compiled extension has the attention kernels, its double backward included (an extension
+    built before them has not)."""
+    ops = torch.ops.ganops
+    return _extension.is_loaded() and hasattr(ops, "attention_cpp") and hasattr(ops, "attention_double_backward_cpp")
 
 
 _register("triton", "ganops::attention_double_backward_triton", contiguous=False)
 if cpp_ops_available():
-    _register("cpp", "ganops::attention_double_backward_blockwise", contiguous=True)
+    _register("cpp", "ganops::attention_double_backward_cpp", contiguous=True)
 
 
 def _flatten_batch(x: Tensor) -> Tensor:
@@ -232,9 +222,12 @@ def attention(
         v: ``[..., Nk, Dv]`` values.
         scale: logit scale; ``None`` means ``1/sqrt(Dqk)`` like SDPA (SAGAN/BigGAN use ``1.0``).
         allow_tf32: float32 products on a GPU's tf32 tensor cores (about 1e-3 relative error): every Triton
-            kernel, and the CUDA kernels of ``cpp``'s forward and backward (its double backward's torch matmuls
-            follow torch's setting); ``None`` follows torch's float32 matmul setting
-            (``torch.backends.cuda.matmul.fp32_precision``, or ``allow_tf32`` on a torch without it).
+            kernel, and the CUDA kernels of ``cpp``'s forward and backward. ``cpp``'s double backward is the
+            compiled op ``attention_double_backward_cpp``: on a GPU it runs fused tensor-core kernels for
+            float16/bfloat16, and for float32 when ``allow_tf32`` is true, with ``Dqk <= 16`` and ``Dv <= 64``
+            (sm_80 or later); otherwise a blockwise composite of torch matmuls (O(N) memory), which follow
+            torch's float32 matmul setting whatever ``allow_tf32`` says. ``None`` follows torch's float32 matmul
+            setting (``torch.backends.cuda.matmul.fp32_precision``, or ``allow_tf32`` on a torch without it).
         backend: ``"reference"``, ``"triton"``, ``"cpp"`` or ``"auto"``; ``None`` defers to
             :func:`ganops.use_backend` and ``GANOPS_BACKEND``.
 
