@@ -274,59 +274,41 @@ HostTile<E> random_tile(int rows, int width) {
 
 constexpr int kMaxDim = 64, kMaxTiles = 8;
 
-// scores(): s = R C^T for the warp's rows row0 .. row0 + 15 of R [rows, dim] and C [cols, dim].
+// scores(), then accumulate_scores() for each further term: s = sum_t R_t C_t^T for the warp's rows row0 ..
+// row0 + 15 of R_t [rows, dim] and C_t [cols, dim] (two terms: the double backward's R = Uq K^T + Q Uk^T).
 template <typename E>
-void check_scores(int rows, int row0, int cols, int dim) {
-  const HostTile<E> r = random_tile<E>(rows, dim), c = random_tile<E>(cols, dim);
+void check_scores(int rows, int row0, int cols, int dim, int terms = 1) {
+  std::vector<HostTile<E>> r, c;
+  for (int t = 0; t < terms; ++t) {
+    r.push_back(random_tile<E>(rows, dim));
+    c.push_back(random_tile<E>(cols, dim));
+  }
   static float s[32][layout::kColTiles][4];
   Warp warp;
   const int steps = (dim + layout::kStep<E> - 1) / layout::kStep<E>;
   for (int lane = 0; lane < 32; ++lane) {
     LaneOps ops{&warp, lane, sizeof(E) == 4};
-    const layout::Tile<E> rows_tile{r.data.data(), r.stride}, cols_tile{c.data.data(), c.stride};
-    layout::scores<kMaxDim / layout::kStep<E>>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
-  }
-  replay(warp);
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int nt = 0; nt < layout::kColTiles; ++nt) {
-      for (int i = 0; i < 4; ++i) {
-        const int row = row0 + layout::c_row(lane, i), col = nt * 8 + layout::c_col(lane, i);
-        float expected = 0;
-        for (int d = 0; d < dim; ++d) {
-          expected += r.values[row * dim + d] * c.values[col * dim + d];
-        }
-        expect(s[lane][nt][i] == expected, "scores", rows * 1000 + row0, cols, dim);
+    for (int t = 0; t < terms; ++t) {
+      const layout::Tile<E> rows_tile{r[t].data.data(), r[t].stride}, cols_tile{c[t].data.data(), c[t].stride};
+      if (t == 0) {
+        layout::scores<kMaxDim / layout::kStep<E>>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
+      } else {
+        layout::accumulate_scores<kMaxDim / layout::kStep<E>>(s[lane], rows_tile, row0, cols_tile, steps, lane, ops);
       }
     }
   }
-}
-
-// accumulate_scores() after scores(): s = R1 C1^T + R2 C2^T, as the double backward forms R = Uq K^T + Q Uk^T.
-template <typename E>
-void check_accumulated_scores(int rows, int cols, int dim) {
-  const HostTile<E> r1 = random_tile<E>(rows, dim), c1 = random_tile<E>(cols, dim);
-  const HostTile<E> r2 = random_tile<E>(rows, dim), c2 = random_tile<E>(cols, dim);
-  static float s[32][layout::kColTiles][4];
-  Warp warp;
-  const int steps = (dim + layout::kStep<E> - 1) / layout::kStep<E>, row0 = 16;
-  for (int lane = 0; lane < 32; ++lane) {
-    LaneOps ops{&warp, lane, sizeof(E) == 4};
-    layout::scores<kMaxDim / layout::kStep<E>>(s[lane], layout::Tile<E>{r1.data.data(), r1.stride}, row0,
-                                               layout::Tile<E>{c1.data.data(), c1.stride}, steps, lane, ops);
-    layout::accumulate_scores<kMaxDim / layout::kStep<E>>(s[lane], layout::Tile<E>{r2.data.data(), r2.stride}, row0,
-                                                          layout::Tile<E>{c2.data.data(), c2.stride}, steps, lane,
-                                                          ops);
-  }
   replay(warp);
   for (int lane = 0; lane < 32; ++lane) {
     for (int nt = 0; nt < layout::kColTiles; ++nt) {
       for (int i = 0; i < 4; ++i) {
         const int row = row0 + layout::c_row(lane, i), col = nt * 8 + layout::c_col(lane, i);
         float expected = 0;
-        for (int d = 0; d < dim; ++d) {
-          expected += r1.values[row * dim + d] * c1.values[col * dim + d] + r2.values[row * dim + d] * c2.values[col * dim + d];
+        for (int t = 0; t < terms; ++t) {
+          for (int d = 0; d < dim; ++d) {
+            expected += r[t].values[row * dim + d] * c[t].values[col * dim + d];
+          }
         }
-        expect(s[lane][nt][i] == expected, "accumulated scores", rows, cols, dim);
+        expect(s[lane][nt][i] == expected, "scores", rows * 1000 + row0, cols, dim * 10 + terms);
       }
     }
   }
@@ -388,7 +370,7 @@ void check_format() {
       check_scores<E>(64, row0, 64, dim);
       check_scores<E>(53, row0, 37, dim);
     }
-    check_accumulated_scores<E>(53, 37, dim);
+    check_scores<E>(53, 16, 37, dim, 2);
   }
   for (const int width : {48, 12, 7, 64, 16}) {
     check_product<E>(64, width);

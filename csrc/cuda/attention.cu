@@ -1091,6 +1091,84 @@ __device__ __forceinline__ void stream_tiles(int64_t total, const Fill& fill, co
   }
 }
 
+// What a tensor-core kernel derives from the shape: its lane and first warp row, the head dims with their MMA
+// k-steps, 8-column output tiles and shared row strides, and the batch, first row and row count of the 64 rows
+// (among rows_per_batch) that its CTA owns.
+template <typename E>
+struct TileGeometry {
+  int lane, warp_row0, qk_dim, v_dim, qk_steps, v_steps, qk_tiles, v_tiles, qk_stride, v_stride;
+  int64_t batch, row0;
+  int rows;
+
+  __device__ TileGeometry(const AttentionShape& s, int64_t rows_per_batch)
+      : lane(threadIdx.x % 32),
+        warp_row0((threadIdx.x / 32) * kWarpRows),
+        qk_dim(static_cast<int>(s.qk_dim)),
+        v_dim(static_cast<int>(s.v_dim)),
+        qk_steps(static_cast<int>(ceil_div(s.qk_dim, layout::kStep<E>))),
+        v_steps(static_cast<int>(ceil_div(s.v_dim, layout::kStep<E>))),
+        qk_tiles(static_cast<int>(ceil_div(s.qk_dim, layout::kN))),
+        v_tiles(static_cast<int>(ceil_div(s.v_dim, layout::kN))),
+        qk_stride(static_cast<int>(tile_stride<E>(s.qk_dim))),
+        v_stride(static_cast<int>(tile_stride<E>(s.v_dim))),
+        batch(blockIdx.x / ceil_div(rows_per_batch, kTileRows)),
+        row0((blockIdx.x % ceil_div(rows_per_batch, kTileRows)) * kTileRows),
+        rows(static_cast<int>(min(int64_t(kTileRows), rows_per_batch - row0))) {}
+};
+
+// A query's statistics as a step reads them: lse of the normalised P (log2 units), Delta, rho and gamma.
+struct QueryStats {
+  float lse, delta, rho, gamma;
+};
+
+// The elementwise parts of a step, shared by the two kernels, on a 16 x 64 score tile whose columns < cols exist;
+// stats(h, col) gives the QueryStats of the elements of row half h (the thread's row group or group + 8) in column
+// col: per row on the query side, per column on the key side (transposed tiles).
+// In: p the scores S, r the unscaled R. Out: p = P (0 in missing columns), r = R, x = P (R - rho).
+template <typename Stats>
+__device__ __forceinline__ void step_probabilities(
+    float (&p)[kColTiles][4], float (&r)[kColTiles][4], float (&x)[kColTiles][4], int cols, float scale,
+    float scale_log2, int lane, const Stats& stats) {
+#pragma unroll
+  for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int col = nt * layout::kN + layout::c_col(lane, i);
+      const QueryStats stat = stats(i >> 1, col);
+      p[nt][i] = col < cols ? fast_exp2(p[nt][i] * scale_log2 - stat.lse) : 0.0f;
+      r[nt][i] *= scale;
+      x[nt][i] = p[nt][i] * (r[nt][i] - stat.rho);
+    }
+  }
+}
+// In: x = dP. Out: x = dS = P (dP - Delta), r = R (dP - Delta) - rho dP - gamma (dS2 / P without its W term).
+template <typename Stats>
+__device__ __forceinline__ void step_gradients(
+    const float (&p)[kColTiles][4], float (&r)[kColTiles][4], float (&x)[kColTiles][4], int lane,
+    const Stats& stats) {
+#pragma unroll
+  for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const QueryStats stat = stats(i >> 1, nt * layout::kN + layout::c_col(lane, i));
+      const float dp = x[nt][i], shifted = dp - stat.delta;
+      r[nt][i] = r[nt][i] * shifted - stat.rho * dp - stat.gamma;
+      x[nt][i] = p[nt][i] * shifted;
+    }
+  }
+}
+// In: x = W. Out: x = dS2 = P (r + W).
+__device__ __forceinline__ void step_second_gradient(
+    const float (&p)[kColTiles][4], const float (&r)[kColTiles][4], float (&x)[kColTiles][4]) {
+#pragma unroll
+  for (int nt = 0; nt < kColTiles; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      x[nt][i] = p[nt][i] * (r[nt][i] + x[nt][i]);
+    }
+  }
+}
+
 // grad dO and grad q for one (batch, tile of 64 queries), and the statistics of these queries.
 template <typename T, int kMaxQk, int kMaxV>
 __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
@@ -1103,44 +1181,35 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
   constexpr int kMaxVSteps = kMaxV / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
   TensorCoreOps<T> ops;
-  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
-  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
-  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
-  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
-  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
-  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
-  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
-  const int64_t tiles = ceil_div(s.queries, kTileRows);
-  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
-  const int rows = static_cast<int>(min(int64_t(kTileRows), s.queries - row0));
+  const TileGeometry<E> g(s, s.queries);
 
   E* q_buffer = shared_buffer<E>();
-  E* uq_buffer = q_buffer + tile_elements<E>(qk_dim);
-  const BufferPair<E> k_buffers{uq_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
-  const BufferPair<E> uk_buffers{k_buffers.end(), tile_elements<E>(qk_dim)};
+  E* uq_buffer = q_buffer + tile_elements<E>(g.qk_dim);
+  const BufferPair<E> k_buffers{uq_buffer + tile_elements<E>(g.qk_dim), tile_elements<E>(g.qk_dim)};
+  const BufferPair<E> uk_buffers{k_buffers.end(), tile_elements<E>(g.qk_dim)};
   E* go_buffer = uk_buffers.end();
-  const BufferPair<E> v_buffers{go_buffer + tile_elements<E>(v_dim), tile_elements<E>(v_dim)};
-  const BufferPair<E> uv_buffers{v_buffers.end(), tile_elements<E>(v_dim)};
-  zero_padding(q_buffer, 6, qk_dim, qk_stride);
-  zero_padding(go_buffer, 5, v_dim, v_stride);
+  const BufferPair<E> v_buffers{go_buffer + tile_elements<E>(g.v_dim), tile_elements<E>(g.v_dim)};
+  const BufferPair<E> uv_buffers{v_buffers.end(), tile_elements<E>(g.v_dim)};
+  zero_padding(q_buffer, 6, g.qk_dim, g.qk_stride);
+  zero_padding(go_buffer, 5, g.v_dim, g.v_stride);
 
-  const int64_t first = b * s.queries + row0;
-  const TileSource<E> q_source = tile_source(bits(q), b * s.queries, qk_dim);
-  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), b * s.queries, qk_dim);
-  const TileSource<E> go_source = tile_source(bits(grad_out), b * s.queries, v_dim);
-  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
-  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), b * s.keys, qk_dim);
-  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
-  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), b * s.keys, v_dim);
+  const int64_t first = g.batch * s.queries + g.row0;
+  const TileSource<E> q_source = tile_source(bits(q), g.batch * s.queries, g.qk_dim);
+  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), g.batch * s.queries, g.qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), g.batch * s.queries, g.v_dim);
+  const TileSource<E> k_source = tile_source(bits(k), g.batch * s.keys, g.qk_dim);
+  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), g.batch * s.keys, g.qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), g.batch * s.keys, g.v_dim);
+  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), g.batch * s.keys, g.v_dim);
   const auto fill_keys = [&](int buffer, int64_t key0, int count) {
     fill_tile_async(k_buffers[buffer], k_source, key0, count);
     fill_tile_async(uk_buffers[buffer], uk_source, key0, count);
     fill_tile_async(v_buffers[buffer], v_source, key0, count);
     fill_tile_async(uv_buffers[buffer], uv_source, key0, count);
   };
-  fill_tile_async(q_buffer, q_source, row0, rows);
-  fill_tile_async(uq_buffer, uq_source, row0, rows);
-  fill_tile_async(go_buffer, go_source, row0, rows);
+  fill_tile_async(q_buffer, q_source, g.row0, g.rows);
+  fill_tile_async(uq_buffer, uq_source, g.row0, g.rows);
+  fill_tile_async(go_buffer, go_source, g.row0, g.rows);
   fill_keys(0, 0, static_cast<int>(min(int64_t(kTileCols), s.keys)));
   cp_async_commit();
 
@@ -1148,28 +1217,29 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   float row_lse[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int row = warp_row0 + layout::c_row(lane, 2 * h);
-    row_lse[h] = row < rows ? lse[first + row] * kLog2e : 0.0f;
+    const int row = g.warp_row0 + layout::c_row(g.lane, 2 * h);
+    row_lse[h] = row < g.rows ? lse[first + row] * kLog2e : 0.0f;
   }
-  const Tile<E> q_tile{q_buffer, qk_stride}, uq_tile{uq_buffer, qk_stride}, go_tile{go_buffer, v_stride};
+  const Tile<E> q_tile{q_buffer, g.qk_stride}, uq_tile{uq_buffer, g.qk_stride}, go_tile{go_buffer, g.v_stride};
 
   // Pass 1: the row sums of P, P dP, P R and P R dP (this thread's columns; the quad's are added after), and
   // P Uv, which is also grad dO's second term.
   float row_sum[2] = {}, delta[2] = {}, rho[2] = {}, weighted[2] = {};
   float grad_do[kMaxVTiles][4] = {};
   stream_tiles(s.keys, fill_keys, [&](int buffer, int cols) {
-    const Tile<E> k_tile{k_buffers[buffer], qk_stride}, uk_tile{uk_buffers[buffer], qk_stride};
+    const Tile<E> k_tile{k_buffers[buffer], g.qk_stride}, uk_tile{uk_buffers[buffer], g.qk_stride};
     float p[kColTiles][4], dp[kColTiles][4], r[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
-    layout::scores<kMaxVSteps>(dp, go_tile, warp_row0, Tile<E>{v_buffers[buffer], v_stride}, v_steps, lane, ops);
-    layout::scores<kMaxQkSteps>(r, uq_tile, warp_row0, k_tile, qk_steps, lane, ops);
-    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, warp_row0, uk_tile, qk_steps, lane, ops);
+    layout::scores<kMaxQkSteps>(p, q_tile, g.warp_row0, k_tile, g.qk_steps, g.lane, ops);
+    layout::scores<kMaxVSteps>(
+        dp, go_tile, g.warp_row0, Tile<E>{v_buffers[buffer], g.v_stride}, g.v_steps, g.lane, ops);
+    layout::scores<kMaxQkSteps>(r, uq_tile, g.warp_row0, k_tile, g.qk_steps, g.lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, g.warp_row0, uk_tile, g.qk_steps, g.lane, ops);
 #pragma unroll
     for (int nt = 0; nt < kColTiles; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int h = i >> 1;
-        const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
+        const bool key = nt * layout::kN + layout::c_col(g.lane, i) < cols;
         const float prob = key ? fast_exp2(p[nt][i] * scale_log2 - row_lse[h]) : 0.0f;
         const float weight = prob * r[nt][i] * scale;
         row_sum[h] += prob;
@@ -1179,7 +1249,7 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
         p[nt][i] = prob;
       }
     }
-    layout::accumulate_product<kMaxVTiles>(grad_do, p, Tile<E>{uv_buffers[buffer], v_stride}, v_tiles, lane, ops);
+    layout::accumulate_product<kMaxVTiles>(grad_do, p, Tile<E>{uv_buffers[buffer], g.v_stride}, g.v_tiles, g.lane, ops);
   });
   // Pass 2 streams the keys again; its first copy runs under the statistics' arithmetic.
   fill_keys(0, 0, static_cast<int>(min(int64_t(kTileCols), s.keys)));
@@ -1188,9 +1258,9 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   float inverse[2], gamma[2], go_puv[2] = {};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int row = warp_row0 + layout::c_row(lane, 2 * h);
+    const int row = g.warp_row0 + layout::c_row(g.lane, 2 * h);
     // A row past the tensor's end has no output; its sum only must not be 0.
-    const float sum = row < rows ? quad_sum(row_sum[h]) : 1.0f;
+    const float sum = row < g.rows ? quad_sum(row_sum[h]) : 1.0f;
     inverse[h] = 1.0f / sum;
     row_lse[h] += log2f(sum);
     delta[h] = quad_sum(delta[h]) * inverse[h];
@@ -1201,10 +1271,10 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   for (int dt = 0; dt < kMaxVTiles; ++dt) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int h = i >> 1, col = dt * layout::kN + layout::c_col(lane, i);
+      const int h = i >> 1, col = dt * layout::kN + layout::c_col(g.lane, i);
       grad_do[dt][i] *= inverse[h];
-      if (col < v_dim) {
-        go_puv[h] += stored_value<T>(*go_tile.at(warp_row0 + layout::c_row(lane, i), col)) * grad_do[dt][i];
+      if (col < g.v_dim) {
+        go_puv[h] += stored_value<T>(*go_tile.at(g.warp_row0 + layout::c_row(g.lane, i), col)) * grad_do[dt][i];
       }
     }
   }
@@ -1212,8 +1282,8 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   for (int h = 0; h < 2; ++h) {
     // sum_j P W = dO . (P Uv).
     gamma[h] = weighted[h] - 2.0f * rho[h] * delta[h] + quad_sum(go_puv[h]);
-    const int row = warp_row0 + layout::c_row(lane, 2 * h);
-    if (layout::quad_of(lane) == 0 && row < rows) {
+    const int row = g.warp_row0 + layout::c_row(g.lane, 2 * h);
+    if (layout::quad_of(g.lane) == 0 && row < g.rows) {
       const int64_t count = s.batch * s.queries;
       const float values[kDoubleBackwardStats] = {row_lse[h], delta[h], rho[h], gamma[h]};
 #pragma unroll
@@ -1224,51 +1294,28 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
   }
 
   // Pass 2: grad dO += (P * (R - rho)) V and grad q = scale (dS Uk + dS2 K).
+  const auto row_stats = [&](int h, int) { return QueryStats{row_lse[h], delta[h], rho[h], gamma[h]}; };
   float grad_q_acc[kMaxQkTiles][4] = {};
   stream_tiles(s.keys, fill_keys, [&](int buffer, int cols) {
-    const Tile<E> k_tile{k_buffers[buffer], qk_stride}, uk_tile{uk_buffers[buffer], qk_stride};
+    const Tile<E> k_tile{k_buffers[buffer], g.qk_stride}, uk_tile{uk_buffers[buffer], g.qk_stride};
     // Three score tiles live at a time: dP is computed after the first product, into the operand's registers.
     float p[kColTiles][4], r[kColTiles][4], x[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, q_tile, warp_row0, k_tile, qk_steps, lane, ops);
-    layout::scores<kMaxQkSteps>(r, uq_tile, warp_row0, k_tile, qk_steps, lane, ops);
-    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, warp_row0, uk_tile, qk_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = i >> 1;
-        const bool key = nt * layout::kN + layout::c_col(lane, i) < cols;
-        p[nt][i] = key ? fast_exp2(p[nt][i] * scale_log2 - row_lse[h]) : 0.0f;
-        r[nt][i] *= scale;
-        x[nt][i] = p[nt][i] * (r[nt][i] - rho[h]);
-      }
-    }
-    layout::accumulate_product<kMaxVTiles>(grad_do, x, Tile<E>{v_buffers[buffer], v_stride}, v_tiles, lane, ops);
-    layout::scores<kMaxVSteps>(x, go_tile, warp_row0, Tile<E>{v_buffers[buffer], v_stride}, v_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = i >> 1;
-        const float dp = x[nt][i], shifted = dp - delta[h];
-        // R (dP - Delta) - rho dP - gamma: dS2 / P without its W term.
-        r[nt][i] = r[nt][i] * shifted - rho[h] * dp - gamma[h];
-        x[nt][i] = p[nt][i] * shifted;
-      }
-    }
-    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, uk_tile, qk_tiles, lane, ops);
-    layout::scores<kMaxVSteps>(x, go_tile, warp_row0, Tile<E>{uv_buffers[buffer], v_stride}, v_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[nt][i] = p[nt][i] * (r[nt][i] + x[nt][i]);
-      }
-    }
-    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, k_tile, qk_tiles, lane, ops);
+    layout::scores<kMaxQkSteps>(p, q_tile, g.warp_row0, k_tile, g.qk_steps, g.lane, ops);
+    layout::scores<kMaxQkSteps>(r, uq_tile, g.warp_row0, k_tile, g.qk_steps, g.lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, q_tile, g.warp_row0, uk_tile, g.qk_steps, g.lane, ops);
+    step_probabilities(p, r, x, cols, scale, scale_log2, g.lane, row_stats);
+    layout::accumulate_product<kMaxVTiles>(grad_do, x, Tile<E>{v_buffers[buffer], g.v_stride}, g.v_tiles, g.lane, ops);
+    layout::scores<kMaxVSteps>(x, go_tile, g.warp_row0, Tile<E>{v_buffers[buffer], g.v_stride}, g.v_steps, g.lane, ops);
+    step_gradients(p, r, x, g.lane, row_stats);
+    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, uk_tile, g.qk_tiles, g.lane, ops);
+    layout::scores<kMaxVSteps>(
+        x, go_tile, g.warp_row0, Tile<E>{uv_buffers[buffer], g.v_stride}, g.v_steps, g.lane, ops);
+    step_second_gradient(p, r, x);
+    layout::accumulate_product<kMaxQkTiles>(grad_q_acc, x, k_tile, g.qk_tiles, g.lane, ops);
   });
-  store_tile<T, kMaxVTiles>(grad_grad_out + first * v_dim, v_dim, warp_row0, rows, grad_do, 1.0f, 1.0f, lane);
-  store_tile<T, kMaxQkTiles>(grad_q + first * qk_dim, qk_dim, warp_row0, rows, grad_q_acc, scale, scale, lane);
+  store_tile<T, kMaxVTiles>(grad_grad_out + first * g.v_dim, g.v_dim, g.warp_row0, g.rows, grad_do, 1.0f, 1.0f, g.lane);
+  store_tile<T, kMaxQkTiles>(
+      grad_q + first * g.qk_dim, g.qk_dim, g.warp_row0, g.rows, grad_q_acc, scale, scale, g.lane);
 #endif
 }
 
@@ -1285,38 +1332,29 @@ __global__ void __launch_bounds__(kThreads) double_backward_key_kernel(
   constexpr int kMaxQkSteps = kMaxQk / layout::kStep<E>, kMaxQkTiles = kMaxQk / layout::kN;
   constexpr int kMaxVSteps = kMaxV / layout::kStep<E>, kMaxVTiles = kMaxV / layout::kN;
   TensorCoreOps<T> ops;
-  const int lane = threadIdx.x % 32, warp_row0 = (threadIdx.x / 32) * kWarpRows;
-  const int qk_dim = static_cast<int>(s.qk_dim), v_dim = static_cast<int>(s.v_dim);
-  const int qk_steps = static_cast<int>(ceil_div(qk_dim, layout::kStep<E>));
-  const int v_steps = static_cast<int>(ceil_div(v_dim, layout::kStep<E>));
-  const int qk_tiles = static_cast<int>(ceil_div(qk_dim, layout::kN));
-  const int v_tiles = static_cast<int>(ceil_div(v_dim, layout::kN));
-  const int qk_stride = static_cast<int>(tile_stride<E>(qk_dim)), v_stride = static_cast<int>(tile_stride<E>(v_dim));
-  const int64_t tiles = ceil_div(s.keys, kTileRows);
-  const int64_t b = blockIdx.x / tiles, row0 = (blockIdx.x % tiles) * kTileRows;
-  const int rows = static_cast<int>(min(int64_t(kTileRows), s.keys - row0));
+  const TileGeometry<E> g(s, s.keys);
 
   E* k_buffer = shared_buffer<E>();
-  E* uk_buffer = k_buffer + tile_elements<E>(qk_dim);
-  const BufferPair<E> q_buffers{uk_buffer + tile_elements<E>(qk_dim), tile_elements<E>(qk_dim)};
-  const BufferPair<E> uq_buffers{q_buffers.end(), tile_elements<E>(qk_dim)};
+  E* uk_buffer = k_buffer + tile_elements<E>(g.qk_dim);
+  const BufferPair<E> q_buffers{uk_buffer + tile_elements<E>(g.qk_dim), tile_elements<E>(g.qk_dim)};
+  const BufferPair<E> uq_buffers{q_buffers.end(), tile_elements<E>(g.qk_dim)};
   E* v_buffer = uq_buffers.end();
-  E* uv_buffer = v_buffer + tile_elements<E>(v_dim);
-  const BufferPair<E> go_buffers{uv_buffer + tile_elements<E>(v_dim), tile_elements<E>(v_dim)};
+  E* uv_buffer = v_buffer + tile_elements<E>(g.v_dim);
+  const BufferPair<E> go_buffers{uv_buffer + tile_elements<E>(g.v_dim), tile_elements<E>(g.v_dim)};
   const BufferPair<float> stat_buffers{
       reinterpret_cast<float*>(go_buffers.end()), kDoubleBackwardStats * kTileCols};
-  zero_padding(k_buffer, 6, qk_dim, qk_stride);
-  zero_padding(v_buffer, 4, v_dim, v_stride);
+  zero_padding(k_buffer, 6, g.qk_dim, g.qk_stride);
+  zero_padding(v_buffer, 4, g.v_dim, g.v_stride);
 
-  const int64_t first = b * s.keys + row0;
-  const int64_t q_first = b * s.queries, stat_count = s.batch * s.queries;
-  const TileSource<E> k_source = tile_source(bits(k), b * s.keys, qk_dim);
-  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), b * s.keys, qk_dim);
-  const TileSource<E> v_source = tile_source(bits(v), b * s.keys, v_dim);
-  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), b * s.keys, v_dim);
-  const TileSource<E> q_source = tile_source(bits(q), q_first, qk_dim);
-  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), q_first, qk_dim);
-  const TileSource<E> go_source = tile_source(bits(grad_out), q_first, v_dim);
+  const int64_t first = g.batch * s.keys + g.row0;
+  const int64_t q_first = g.batch * s.queries, stat_count = s.batch * s.queries;
+  const TileSource<E> k_source = tile_source(bits(k), g.batch * s.keys, g.qk_dim);
+  const TileSource<E> uk_source = tile_source(bits(grad_grad_k), g.batch * s.keys, g.qk_dim);
+  const TileSource<E> v_source = tile_source(bits(v), g.batch * s.keys, g.v_dim);
+  const TileSource<E> uv_source = tile_source(bits(grad_grad_v), g.batch * s.keys, g.v_dim);
+  const TileSource<E> q_source = tile_source(bits(q), q_first, g.qk_dim);
+  const TileSource<E> uq_source = tile_source(bits(grad_grad_q), q_first, g.qk_dim);
+  const TileSource<E> go_source = tile_source(bits(grad_out), q_first, g.v_dim);
   // The statistics are few (4 floats a query): plain loads into shared memory, visible after the barrier.
   const auto fill_queries = [&](int buffer, int64_t query0, int count) {
     fill_tile_async(q_buffers[buffer], q_source, query0, count);
@@ -1327,62 +1365,40 @@ __global__ void __launch_bounds__(kThreads) double_backward_key_kernel(
       stat_buffers[buffer][e] = i < count ? stats[j * stat_count + q_first + query0 + i] : 0.0f;
     }
   };
-  fill_tile_async(k_buffer, k_source, row0, rows);
-  fill_tile_async(uk_buffer, uk_source, row0, rows);
-  fill_tile_async(v_buffer, v_source, row0, rows);
-  fill_tile_async(uv_buffer, uv_source, row0, rows);
+  fill_tile_async(k_buffer, k_source, g.row0, g.rows);
+  fill_tile_async(uk_buffer, uk_source, g.row0, g.rows);
+  fill_tile_async(v_buffer, v_source, g.row0, g.rows);
+  fill_tile_async(uv_buffer, uv_source, g.row0, g.rows);
   fill_queries(0, 0, static_cast<int>(min(int64_t(kTileCols), s.queries)));
   cp_async_commit();
 
-  const Tile<E> k_tile{k_buffer, qk_stride}, uk_tile{uk_buffer, qk_stride};
-  const Tile<E> v_tile{v_buffer, v_stride}, uv_tile{uv_buffer, v_stride};
+  const Tile<E> k_tile{k_buffer, g.qk_stride}, uk_tile{uk_buffer, g.qk_stride};
+  const Tile<E> v_tile{v_buffer, g.v_stride}, uv_tile{uv_buffer, g.v_stride};
   float grad_k_acc[kMaxQkTiles][4] = {}, grad_v_acc[kMaxVTiles][4] = {};
   stream_tiles(s.queries, fill_queries, [&](int buffer, int cols) {
-    const Tile<E> q_tile{q_buffers[buffer], qk_stride}, uq_tile{uq_buffers[buffer], qk_stride};
-    const Tile<E> go_tile{go_buffers[buffer], v_stride};
-    const float* col_lse = stat_buffers[buffer];
-    const float* col_delta = col_lse + kTileCols;
-    const float* col_rho = col_delta + kTileCols;
-    const float* col_gamma = col_rho + kTileCols;
+    const Tile<E> q_tile{q_buffers[buffer], g.qk_stride}, uq_tile{uq_buffers[buffer], g.qk_stride};
+    const Tile<E> go_tile{go_buffers[buffer], g.v_stride};
+    const float* col_stats = stat_buffers[buffer];
+    const auto column_stats = [&](int, int col) {
+      return QueryStats{col_stats[col], col_stats[kTileCols + col], col_stats[2 * kTileCols + col],
+                        col_stats[3 * kTileCols + col]};
+    };
     float p[kColTiles][4], r[kColTiles][4], x[kColTiles][4];
-    layout::scores<kMaxQkSteps>(p, k_tile, warp_row0, q_tile, qk_steps, lane, ops);
-    layout::scores<kMaxQkSteps>(r, k_tile, warp_row0, uq_tile, qk_steps, lane, ops);
-    layout::accumulate_scores<kMaxQkSteps>(r, uk_tile, warp_row0, q_tile, qk_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = nt * layout::kN + layout::c_col(lane, i);
-        p[nt][i] = col < cols ? fast_exp2(p[nt][i] * scale_log2 - col_lse[col]) : 0.0f;
-        r[nt][i] *= scale;
-        x[nt][i] = p[nt][i] * (r[nt][i] - col_rho[col]);
-      }
-    }
-    layout::accumulate_product<kMaxVTiles>(grad_v_acc, x, go_tile, v_tiles, lane, ops);
-    layout::scores<kMaxVSteps>(x, v_tile, warp_row0, go_tile, v_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = nt * layout::kN + layout::c_col(lane, i);
-        const float dp = x[nt][i], shifted = dp - col_delta[col];
-        r[nt][i] = r[nt][i] * shifted - col_rho[col] * dp - col_gamma[col];
-        x[nt][i] = p[nt][i] * shifted;
-      }
-    }
-    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, uq_tile, qk_tiles, lane, ops);
-    layout::scores<kMaxVSteps>(x, uv_tile, warp_row0, go_tile, v_steps, lane, ops);
-#pragma unroll
-    for (int nt = 0; nt < kColTiles; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[nt][i] = p[nt][i] * (r[nt][i] + x[nt][i]);
-      }
-    }
-    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, q_tile, qk_tiles, lane, ops);
+    layout::scores<kMaxQkSteps>(p, k_tile, g.warp_row0, q_tile, g.qk_steps, g.lane, ops);
+    layout::scores<kMaxQkSteps>(r, k_tile, g.warp_row0, uq_tile, g.qk_steps, g.lane, ops);
+    layout::accumulate_scores<kMaxQkSteps>(r, uk_tile, g.warp_row0, q_tile, g.qk_steps, g.lane, ops);
+    step_probabilities(p, r, x, cols, scale, scale_log2, g.lane, column_stats);
+    layout::accumulate_product<kMaxVTiles>(grad_v_acc, x, go_tile, g.v_tiles, g.lane, ops);
+    layout::scores<kMaxVSteps>(x, v_tile, g.warp_row0, go_tile, g.v_steps, g.lane, ops);
+    step_gradients(p, r, x, g.lane, column_stats);
+    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, uq_tile, g.qk_tiles, g.lane, ops);
+    layout::scores<kMaxVSteps>(x, uv_tile, g.warp_row0, go_tile, g.v_steps, g.lane, ops);
+    step_second_gradient(p, r, x);
+    layout::accumulate_product<kMaxQkTiles>(grad_k_acc, x, q_tile, g.qk_tiles, g.lane, ops);
   });
-  store_tile<T, kMaxQkTiles>(grad_k + first * qk_dim, qk_dim, warp_row0, rows, grad_k_acc, scale, scale, lane);
-  store_tile<T, kMaxVTiles>(grad_v + first * v_dim, v_dim, warp_row0, rows, grad_v_acc, 1.0f, 1.0f, lane);
+  store_tile<T, kMaxQkTiles>(
+      grad_k + first * g.qk_dim, g.qk_dim, g.warp_row0, g.rows, grad_k_acc, scale, scale, g.lane);
+  store_tile<T, kMaxVTiles>(grad_v + first * g.v_dim, g.v_dim, g.warp_row0, g.rows, grad_v_acc, 1.0f, 1.0f, g.lane);
 #endif
 }
 

@@ -89,9 +89,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_double_back
     const cuda_kernels::DoubleBackwardLaunch launch = cuda_kernels::attention_double_backward(
         input_ptr<scalar_t>(grad_grad_q), input_ptr<scalar_t>(grad_grad_k), input_ptr<scalar_t>(grad_grad_v),
         input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v),
-        lse.const_data_ptr<cuda_acc_t<scalar_t>>(), stats.mutable_data_ptr<float>(), output_ptr<scalar_t>(grad_grad_out),
-        output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k), output_ptr<scalar_t>(grad_v), shape_of(n), scale,
-        allow_tf32, at::cuda::getCurrentCUDAStream());
+        lse.const_data_ptr<cuda_acc_t<scalar_t>>(), stats.mutable_data_ptr<float>(),
+        output_ptr<scalar_t>(grad_grad_out), output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k),
+        output_ptr<scalar_t>(grad_v), shape_of(n), scale, allow_tf32, at::cuda::getCurrentCUDAStream());
     check_launch(launch.error, kDoubleBackwardOp);
     launched = launch.launched;
   });
