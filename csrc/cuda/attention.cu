@@ -1259,8 +1259,10 @@ __global__ void __launch_bounds__(kThreads) double_backward_query_kernel(
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = g.warp_row0 + layout::c_row(g.lane, 2 * h);
-    // A row past the tensor's end has no output; its sum only must not be 0.
-    const float sum = row < g.rows ? quad_sum(row_sum[h]) : 1.0f;
+    // Every lane takes part in the quad's shuffles (a full-mask shuffle skipped by some lanes is undefined); a
+    // row past the tensor's end has no output, and its sum only must not be 0.
+    const float quad_row_sum = quad_sum(row_sum[h]);
+    const float sum = row < g.rows ? quad_row_sum : 1.0f;
     inverse[h] = 1.0f / sum;
     row_lse[h] += log2f(sum);
     delta[h] = quad_sum(delta[h]) * inverse[h];
