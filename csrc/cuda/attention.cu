@@ -1536,8 +1536,8 @@ AttentionLaunch tensor_core_backward(
 }
 
 // The double backward has one instantiation, for the first head bounds, (16, 64), which hold SAGAN's and
-// BigGAN-128's heads (see tc::HeadBounds): with (64, 64) as well, the CUDA compile of CI would take twice as
-// long, for shapes no GAN of the benchmarks has, and its TF32 query kernel spills 124-192 B.
+// BigGAN-128's heads (see tc::HeadBounds): (64, 64) as well would add as many kernels again to CI's CUDA compile,
+// for shapes no GAN of the benchmarks has, and its TF32 query kernel spilled 124-192 B.
 template <typename T>
 cudaError_t tensor_core_double_backward(
     const T* grad_grad_q, const T* grad_grad_k, const T* grad_grad_v, const T* grad_out, const T* q, const T* k,
