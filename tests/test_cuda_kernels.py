@@ -173,14 +173,14 @@ def double_backward_errors(ops, shape, dtype, allow_tf32=False) -> dict[str, flo
     return errors
 
 
-def kernels_run(function) -> set[str]:
-    """Names of the CUDA kernels that ``function()`` launches."""
+def kernels_run(function):
+    """``function()``'s result and the names of the CUDA kernels it launches."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as trace:
-        function()
+        result = function()
         torch.cuda.synchronize()
-    return {event.name for event in trace.events() if event.device_type == torch.autograd.DeviceType.CUDA}
+    return result, {event.name for event in trace.events() if event.device_type == torch.autograd.DeviceType.CUDA}
 
 
 def runs_fused_double_backward(shape, dtype, allow_tf32) -> bool:
@@ -198,8 +198,7 @@ def test_cuda_attention_double_backward_matches_reference(shape, dtype, tf32):
     ops elsewhere (torch's float32 matmuls held exact, so fp32 without TF32 meets fp32's tolerance)."""
     ops = cuda_ops()
     with tf32_matmuls(False):
-        errors = double_backward_errors(ops, shape, dtype, tf32)
-        launched = kernels_run(lambda: double_backward_errors(ops, shape, dtype, tf32))
+        errors, launched = kernels_run(lambda: double_backward_errors(ops, shape, dtype, tf32))
     fused = runs_fused_double_backward(shape, dtype, tf32)
     assert any("double_backward_query_kernel" in name for name in launched) == fused, sorted(launched)
     assert any("double_backward_key_kernel" in name for name in launched) == fused, sorted(launched)
