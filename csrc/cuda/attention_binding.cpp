@@ -79,26 +79,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_double_back
   const AttentionSizes n = check_attention_double_backward_inputs(
       kDoubleBackwardOp, grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, out, lse, scale);
   const c10::cuda::CUDAGuard guard(q.device());
-  auto grad_grad_out = at::empty_like(grad_out);
-  auto grad_q = at::empty_like(q);
-  auto grad_k = at::empty_like(k);
-  auto grad_v = at::empty_like(v);
-  auto stats = at::empty({4, n.batch, n.queries}, q.options().dtype(at::kFloat));
-  bool launched = false;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), kDoubleBackwardOp, [&] {
-    const cuda_kernels::DoubleBackwardLaunch launch = cuda_kernels::attention_double_backward(
-        input_ptr<scalar_t>(grad_grad_q), input_ptr<scalar_t>(grad_grad_k), input_ptr<scalar_t>(grad_grad_v),
-        input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v),
-        lse.const_data_ptr<cuda_acc_t<scalar_t>>(), stats.mutable_data_ptr<float>(),
-        output_ptr<scalar_t>(grad_grad_out), output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k),
-        output_ptr<scalar_t>(grad_v), shape_of(n), scale, allow_tf32, at::cuda::getCurrentCUDAStream());
-    check_launch(launch.error, kDoubleBackwardOp);
-    launched = launch.launched;
-  });
-  if (!launched) {
-    return attention_double_backward_blockwise(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, lse, scale);
+  {
+    // Whether the fused kernels apply is known only to the launcher; where they do not, this block's buffers are
+    // released before the composite allocates its own, so the fallback's peak memory does not carry them.
+    auto grad_grad_out = at::empty_like(grad_out);
+    auto grad_q = at::empty_like(q);
+    auto grad_k = at::empty_like(k);
+    auto grad_v = at::empty_like(v);
+    auto stats = at::empty({4, n.batch, n.queries}, q.options().dtype(at::kFloat));
+    bool launched = false;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), kDoubleBackwardOp, [&] {
+      const cuda_kernels::DoubleBackwardLaunch launch = cuda_kernels::attention_double_backward(
+          input_ptr<scalar_t>(grad_grad_q), input_ptr<scalar_t>(grad_grad_k), input_ptr<scalar_t>(grad_grad_v),
+          input_ptr<scalar_t>(grad_out), input_ptr<scalar_t>(q), input_ptr<scalar_t>(k), input_ptr<scalar_t>(v),
+          lse.const_data_ptr<cuda_acc_t<scalar_t>>(), stats.mutable_data_ptr<float>(),
+          output_ptr<scalar_t>(grad_grad_out), output_ptr<scalar_t>(grad_q), output_ptr<scalar_t>(grad_k),
+          output_ptr<scalar_t>(grad_v), shape_of(n), scale, allow_tf32, at::cuda::getCurrentCUDAStream());
+      check_launch(launch.error, kDoubleBackwardOp);
+      launched = launch.launched;
+    });
+    if (launched) {
+      return {grad_grad_out, grad_q, grad_k, grad_v};
+    }
   }
-  return {grad_grad_out, grad_q, grad_k, grad_v};
+  return attention_double_backward_blockwise(grad_grad_q, grad_grad_k, grad_grad_v, grad_out, q, k, v, lse, scale);
 }
 
 }  // namespace
